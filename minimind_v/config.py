@@ -113,6 +113,7 @@ class VLMConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: str = "mlp"  # linear (MiniMind2-V) | mlp (LayerNorm + 2-layer MLP, LLaVA-1.5 / minimind-3v)
     image_token: str = "<|image_pad|>"  # the placeholder repeated once per image feature
+    image_token_id: int = 3  # its id in the tokenizer (ours: 3; MiniMind2-V: 34 for '@'; minimind-3v: 12)
     image_marker: str = "<image>"  # what users write in a prompt, one per image
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,77 @@
+"""The VLM: a MiniMind LLM whose image placeholder tokens are replaced by projected image features.
+
+This is the whole change to the plain LLM. A prompt holds `tokens_per_image` placeholder ids per image; the
+images of a batch arrive flattened in reading order (row 0's images, then row 1's, ...). One boolean mask and one
+`masked_scatter` put every image feature in its place: no Python loop over tokens or images, any number of
+images per sample, any batch size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import VLMConfig
+from .llm import LMOutput, MiniMindLM
+from .projector import Projector
+from .vision import VisionEncoder
+
+
+class PlaceholderMismatch(ValueError):
+    """The prompt's image placeholders do not match the images given."""
+
+
+class MiniMindVLM(nn.Module):
+    def __init__(self, cfg: VLMConfig, vision: VisionEncoder | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.llm = MiniMindLM(cfg.llm)
+        self.vision = vision if vision is not None else VisionEncoder(cfg.vision)
+        self.projector = Projector(cfg.projector, self.vision.out_dim, cfg.llm.dim)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.vision.n_tokens
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> [N, tokens_per_image, llm dim]. No gradient flows into a frozen encoder."""
+        if self.cfg.vision.freeze:
+            with torch.no_grad():
+                feats = self.vision(pixel_values)
+        else:
+            feats = self.vision(pixel_values)
+        return self.projector(feats.to(self.projector_dtype))
+
+    @property
+    def projector_dtype(self) -> torch.dtype:
+        return next(self.projector.parameters()).dtype
+
+    def splice(self, input_ids: torch.Tensor, embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Replace placeholder embeddings by image features, image k of the batch into the k-th run."""
+        mask = input_ids == self.cfg.image_token_id
+        n_slots, n_feats = int(mask.sum()), image_embeds.shape[0] * image_embeds.shape[1]
+        if n_slots != n_feats:
+            per_image = image_embeds.shape[1]
+            raise PlaceholderMismatch(
+                f"the prompt has {n_slots} image placeholder tokens ({n_slots / per_image:g} images' worth) "
+                f"but {image_embeds.shape[0]} images were given ({per_image} tokens each); write exactly one "
+                f"image marker per image")
+        feats = image_embeds.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+        return embeds.masked_scatter(mask.unsqueeze(-1), feats)
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, *,
+                image_embeds: torch.Tensor | None = None, **llm_kwargs) -> LMOutput:
+        """input_ids [B, T]; pixel_values [N, 3, H, W] for the N images of the batch in reading order.
+
+        `image_embeds` (already projected) may be passed instead of pixels, e.g. by a feature cache.
+        Cached decoding steps pass neither: their tokens are text.
+        """
+        embeds = self.llm.embed(input_ids)
+        if pixel_values is not None and image_embeds is None and pixel_values.shape[0] > 0:
+            image_embeds = self.encode_images(pixel_values)
+        if image_embeds is not None:
+            embeds = self.splice(input_ids, embeds, image_embeds)
+        elif llm_kwargs.get("cache") is None or llm_kwargs["cache"].length == 0:
+            n_slots = int((input_ids == self.cfg.image_token_id).sum())
+            if n_slots:
+                raise PlaceholderMismatch(f"the prompt has {n_slots} image placeholder tokens but no image")
+        return self.llm(inputs_embeds=embeds, **llm_kwargs)

@@ -1,0 +1,90 @@
+"""The run directory: everything needed to rebuild a model, and nothing pickled.
+
+    run/
+      config.json        VLMConfig (the vision path is relative to the run when the encoder lives inside it)
+      model.safetensors  LLM + projector weights (the tied head is stored once; the encoder is not in here)
+      vision/            a from-scratch encoder, saved by transformers (a pretrained one is referenced by path)
+      tokenizer.json ... the tokenizer, loadable by transformers' AutoTokenizer
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import VLMConfig
+from ..data.tokenizer import load_tokenizer
+from ..model.vlm import MiniMindVLM
+
+
+def weights_state_dict(model: MiniMindVLM) -> dict[str, torch.Tensor]:
+    """LLM + projector, contiguous, with the tied head dropped (it is the embedding)."""
+    sd = {f"llm.{k}": v for k, v in model.llm.state_dict().items()}
+    sd.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
+    if model.cfg.llm.tie_embeddings:
+        sd.pop("llm.lm_head.weight", None)
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def dir_hash(path: Path) -> str:
+    """A short content hash of a folder's weight files, to notice when a referenced encoder changed."""
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))  # the header and first MiB identify a weights file well enough
+        h.update(str(f.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def save_run(model: MiniMindVLM, tokenizer: Any, run_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg.to_dict()
+    if model.cfg.vision.kind == "scratch":
+        model.vision.save_pretrained(run / "vision")
+        cfg["vision"]["path"] = "vision"
+    else:
+        cfg["vision"]["path"] = str(Path(model.cfg.vision.path).resolve())
+        cfg["vision_hash"] = dir_hash(Path(model.cfg.vision.path))
+    if extra:
+        cfg.update(extra)
+    tmp = run / "model.safetensors.tmp"
+    save_file(weights_state_dict(model), str(tmp), metadata={"format": "pt"})
+    tmp.replace(run / "model.safetensors")  # atomic: a crash never leaves half a model
+    (run / "config.json").write_text(json.dumps(cfg, indent=2))
+    tokenizer.save_pretrained(run)
+    return run
+
+
+def read_config(run_dir: str | Path) -> tuple[VLMConfig, dict[str, Any]]:
+    run = Path(run_dir)
+    path = run / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(run)!r} is not a minimind-v run directory (no config.json)")
+    raw = json.loads(path.read_text())
+    extra = {k: raw.pop(k) for k in list(raw) if k not in VLMConfig.__dataclass_fields__}
+    cfg = VLMConfig.from_dict(raw)
+    vpath = Path(cfg.vision.path)
+    if cfg.vision.path and not vpath.is_absolute():
+        cfg.vision.path = str(run / vpath)
+    return cfg, extra
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MiniMindVLM, Any]:
+    """Rebuild the model and tokenizer from a run directory, in eval mode."""
+    run = Path(run_dir)
+    cfg, _ = read_config(run)
+    model = MiniMindVLM(cfg)
+    sd = load_file(str(run / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith("vision.") and k != "llm.lm_head.weight"]
+    if missing or unexpected:
+        raise ValueError(f"{run}/model.safetensors does not fit its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    if cfg.llm.tie_embeddings:
+        model.llm.lm_head.weight = model.llm.embed_tokens.weight
+    return model.to(device).eval(), load_tokenizer(run)

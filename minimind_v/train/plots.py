@@ -1,0 +1,33 @@
+"""Loss curves from metrics.jsonl, one panel per stage, saved as PNG (no display needed)."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def plot_metrics(metrics_path: str | Path, out_png: str | Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for line in Path(metrics_path).read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row:
+            series[row.get("stage", "train")].append((row["step"], row["loss"]))
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3), squeeze=False)
+    for ax, (stage, pts) in zip(axes[0], series.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts])
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)

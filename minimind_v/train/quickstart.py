@@ -1,0 +1,140 @@
+"""The whole path on the embedded default: data -> tokenizer -> vision -> pretrain -> SFT -> save -> evaluate.
+
+    minimind-v quickstart                 # the default recipe, about 15 minutes on 2 CPU cores
+    minimind-v quickstart --preset smoke  # the same path in under a minute (what the tests run)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import VisionConfig, VLMConfig, llm_preset
+from ..data.chatmix import make_sample
+from ..data.collate import SampleEncoder, collate
+from ..data.shapes_dataset import ShapesWorldDataset
+from ..data.tokenizer import train_tokenizer
+from ..model.vlm import MiniMindVLM
+from .checkpoint import save_run
+from .plots import plot_metrics
+from .stages import apply_freeze
+from .trainer import TrainConfig, pick_device, train
+from .vision_pretrain import pretrain_vision
+
+
+@dataclass
+class QuickstartConfig:
+    llm_preset: str = "shapes"
+    vocab_size: int = 1024
+    vision: VisionConfig = field(default_factory=lambda: VisionConfig(kind="scratch", image_size=96, patch_size=16,
+                                                                      width=192, layers=4, heads=4, merge=2))
+    tokenizer_samples: int = 3000
+    vision_steps: int = 300
+    vision_batch: int = 64
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=150, batch_size=32, lr=2e-3, warmup=20))
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, batch_size=32, lr=1.5e-3, warmup=50))
+    max_len: int = 256
+    eval_per_kind: int = 50
+    workers: int = 1
+    dtype: str = "fp32"
+
+
+QUICKSTART_PRESETS: dict[str, QuickstartConfig] = {
+    "default": QuickstartConfig(),
+    "smoke": QuickstartConfig(
+        llm_preset="shapes-tiny", vocab_size=512, tokenizer_samples=300,
+        vision=VisionConfig(kind="scratch", image_size=48, patch_size=8, width=32, layers=1, heads=2, merge=2),
+        vision_steps=5, vision_batch=16,
+        pretrain=TrainConfig(steps=5, batch_size=8, lr=2e-3), sft=TrainConfig(steps=10, batch_size=8, lr=2e-3),
+        eval_per_kind=2, workers=0),
+}
+
+
+def corpus(n: int, seed: int = 10_000_000) -> list[str]:
+    """Text of n training conversations (every kind), for the tokenizer to learn its merges from."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        s = make_sample(rng, image_size=32, kinds="caption" if i % 4 == 0 else "sft")
+        texts.extend(m["content"].replace("<image>", " ") for m in s["conversations"])
+    return texts
+
+
+def loader(model: MiniMindVLM, tok: Any, cfg: TrainConfig, kinds: str, qs: QuickstartConfig,
+           offset: int) -> DataLoader:
+    enc = SampleEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, qs.max_len)
+    ds = ShapesWorldDataset(cfg.steps * cfg.batch_size, enc, kinds=kinds, image_size=qs.vision.image_size,
+                            offset=offset)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate,
+                      num_workers=qs.workers, persistent_workers=False, prefetch_factor=4 if qs.workers else None)
+
+
+def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", evaluate: bool = True,
+                   say: Any = print) -> dict[str, Any]:
+    run, dev, t0 = Path(out), pick_device(device), time.time()
+    run.mkdir(parents=True, exist_ok=True)
+    metrics = run / "metrics.jsonl"
+    metrics.write_text("")
+    torch.manual_seed(0)
+
+    def log(row: dict[str, Any]) -> None:
+        with open(metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    say(f"[1/6] tokenizer: byte-level BPE on {qs.tokenizer_samples} rendered conversations")
+    tok = train_tokenizer(corpus(qs.tokenizer_samples), vocab_size=qs.vocab_size)
+    vocab = 64 * ((len(tok) + 63) // 64)  # a multiple of 64 keeps the head's matmul aligned
+    cfg = VLMConfig(llm=llm_preset(qs.llm_preset, vocab_size=vocab), vision=dataclasses.replace(qs.vision),
+                    image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"))
+    model = MiniMindVLM(cfg)
+    say(f"      vocab {len(tok)}; LLM {model.llm.num_parameters() / 1e6:.2f}M params; encoder "
+        f"{sum(p.numel() for p in model.vision.parameters()) / 1e6:.2f}M; {model.tokens_per_image} tokens/image")
+
+    say(f"[2/6] vision: the encoder learns to see ({qs.vision_steps} steps)")
+    acc = pretrain_vision(model.vision, steps=qs.vision_steps, batch_size=qs.vision_batch, device=dev, log=log)
+    say("      running accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+
+    for i, (stage, tcfg, kinds) in enumerate([("pretrain", qs.pretrain, "caption"), ("sft", qs.sft, "sft")]):
+        tcfg = dataclasses.replace(tcfg, dtype=qs.dtype)
+        counts = apply_freeze(model, freeze_llm=0, train_vision=False)
+        say(f"[{3 + i}/6] {stage}: {tcfg.steps} steps x {tcfg.batch_size}; trainable {counts}")
+        dl = loader(model, tok, tcfg, kinds, qs, offset=(i + 1) * 100_000_000)
+        train(model, dl, tcfg, device=dev, metrics_path=metrics, stage=stage)
+
+    model.eval()
+    save_run(model, tok, run, extra={"train_seconds": round(time.time() - t0, 1)})
+    plot_metrics(metrics, run / "loss.png")
+    result: dict[str, Any] = {"run_dir": str(run), "train_seconds": round(time.time() - t0, 1)}
+    say(f"[5/6] saved the model to {run} after {result['train_seconds']} s")
+    if evaluate:
+        from ..eval.shapes import evaluate_shapes, markdown_table
+        from ..infer.api import VLMChat
+
+        say(f"[6/6] evaluating on held-out seeds ({qs.eval_per_kind} per kind) and the 360 held-out digits")
+        ev = evaluate_shapes(VLMChat(model, tok, dev), n_per_kind=qs.eval_per_kind,
+                             image_size=qs.vision.image_size)
+        (run / "eval.json").write_text(json.dumps({k: v for k, v in ev.items() if k != "rows"}, indent=2))
+        with open(run / "eval_rows.jsonl", "w") as f:
+            for r in ev["rows"]:
+                f.write(json.dumps(r) + "\n")
+        table = markdown_table(ev["summary"])
+        (run / "eval.md").write_text(table + "\n")
+        say(table)
+        say("examples:")
+        seen: set[str] = set()
+        for r in ev["rows"]:
+            if r["kind"] not in seen:
+                seen.add(r["kind"])
+                say(f"  [{r['kind']}] {r['question'].replace(chr(10), ' ')} -> {r['answer']!r} "
+                    f"({'ok' if r['score'] >= 0.5 else 'wrong'}; key {r['key']!r})")
+        result.update(summary=ev["summary"], eval_seconds=ev["seconds"])
+    result["total_seconds"] = round(time.time() - t0, 1)
+    say(f"done in {result['total_seconds']} s; run directory: {run}")
+    return result
