@@ -1,0 +1,16 @@
+"""minimind-v: a super-small vision-language model you can train, read, measure and serve on one machine."""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def load(path: str, device: str = "auto") -> Any:
+    """Load a run directory; returns a VLMChat with `.answer(images, question)` and `.stream_chat(...)`."""
+    from .infer.api import load as _load
+
+    return _load(path, device=device)
+
+
+__all__ = ["load", "__version__"]

@@ -1,0 +1,41 @@
+"""The `minimind-v` command. Each subcommand lives beside the stage it drives; this file only dispatches.
+
+Every subcommand module exposes `add_parser(subparsers)` which registers itself and sets `func`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules, in the order `--help` lists them (data -> model -> train -> eval -> serve / interop).
+COMMANDS = [
+    "minimind_v.train.cli_train",
+    "minimind_v.eval.cli_eval",
+    "minimind_v.infer.cli_infer",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minimind-v", description="Train, evaluate and serve a tiny VLM.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"minimind-v {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""`minimind_v.load(path)`: a trained model you can ask about images, from Python.
+
+    vlm = minimind_v.load("runs/quickstart")
+    vlm.answer([Image.open("a.png")], "<image>\\nWhat color is the circle?")
+    for piece in vlm.stream_chat(messages, images): print(piece, end="")
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from PIL import Image
+
+from ..data.chat import count_markers, encode_prompt
+from ..model.vlm import MiniMindVLM
+from ..train.checkpoint import load_run
+from ..train.trainer import pick_device
+from .generate import GenerationConfig, generate, generate_stream
+
+
+class VLMChat:
+    """A model, its tokenizer and its image processor, ready to answer."""
+
+    def __init__(self, model: MiniMindVLM, tokenizer: Any, device: torch.device | str = "cpu"):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.device = torch.device(device)
+        self.stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    def _prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        return encode_prompt(self.tokenizer, messages, tokens_per_image=self.model.tokens_per_image,
+                             image_token=self.model.cfg.image_token)
+
+    def _pixels(self, images: list[Image.Image]) -> torch.Tensor | None:
+        if not images:
+            return None
+        for im in images:
+            if not isinstance(im, Image.Image):
+                raise TypeError(f"images must be PIL.Image.Image objects, got {type(im).__name__}")
+        return self.model.vision.preprocess(images).to(self.device)
+
+    def _gen(self, max_new_tokens: int, temperature: float, **kw: Any) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                                stop_ids=list(self.stop_ids), **kw)
+
+    @staticmethod
+    def _check(images: list[Image.Image], text: str) -> None:
+        n = count_markers(text)
+        if n != len(images):
+            raise ValueError(f"the question has {n} <image> markers but {len(images)} images were given; "
+                             f"write one <image> per image")
+
+    def answer(self, images: list[Image.Image], question: str, max_new_tokens: int = 64,
+               temperature: float = 0.0, **gen: Any) -> str:
+        """One question (with one <image> per image) -> the answer text. Greedy at temperature 0."""
+        return self.answer_batch([(images, question)], max_new_tokens, temperature, **gen)[0]
+
+    def answer_batch(self, items: list[tuple[list[Image.Image], str]], max_new_tokens: int = 64,
+                     temperature: float = 0.0, **gen: Any) -> list[str]:
+        """Several (images, question) pairs in one batched generation; same answers as one by one."""
+        prompts, images = [], []
+        for ims, q in items:
+            self._check(ims, q)
+            prompts.append(self._prompt([{"role": "user", "content": q}]))
+            images.extend(ims)
+        out = generate(self.model, prompts, self._pixels(images), self._gen(max_new_tokens, temperature, **gen),
+                       pad_id=self.pad_id)
+        return [self.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
+
+    def stream_chat(self, messages: list[dict[str, str]], images: list[Image.Image] | None = None,
+                    max_new_tokens: int = 256, temperature: float = 0.0, **gen: Any) -> Iterator[str]:
+        """Multi-turn chat; yields text pieces as they are decoded. Pieces never split a UTF-8 character."""
+        images = images or []
+        self._check(images, "".join(m["content"] for m in messages))
+        prompt = self._prompt(messages)
+        ids: list[int] = []
+        printed = ""
+        cfg = self._gen(max_new_tokens, temperature, **gen)
+        for step in generate_stream(self.model, [prompt], self._pixels(images), cfg, self.pad_id):
+            t = int(step[0])
+            if t in self.stop_ids:
+                break
+            ids.append(t)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for its other bytes
+                continue
+            if len(text) > len(printed):
+                yield text[len(printed):]
+                printed = text
+
+
+def load(path: str | Path, device: str = "auto") -> VLMChat:
+    """Load a run directory written by training (or by import) and return a VLMChat."""
+    dev = pick_device(device)
+    model, tok = load_run(path, dev)
+    return VLMChat(model, tok, dev)
