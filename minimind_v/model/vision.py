@@ -106,6 +106,11 @@ def _build_tower(cfg: VisionConfig):
             f"{cfg.kind} model saved with save_pretrained (a VLM without its encoder cannot see)")
     model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
     kind = "siglip" if cfg.kind == "siglip" or model_type.startswith("siglip") else "clip"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a loading bar per encoder is noise in every command's output
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # CLIPModel folders carry an unused text tower: not worth a report
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # dtype float32: transformers >= 5 would otherwise keep a float16 checkpoint in float16.
@@ -115,4 +120,5 @@ def _build_tower(cfg: VisionConfig):
         else:
             tower = CLIPVisionModel.from_pretrained(path, dtype=torch.float32)
             proc = clip_proc.from_pretrained(path)
+    hf_logging.set_verbosity(verbosity)
     return tower.eval(), proc

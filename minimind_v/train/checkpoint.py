@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import VLMConfig
-from ..data.tokenizer import load_tokenizer
+from ..data.tokenizer import load_tokenizer, save_tokenizer
 from ..model.vlm import MiniMindVLM
 
 
@@ -56,7 +56,7 @@ def save_run(model: MiniMindVLM, tokenizer: Any, run_dir: str | Path, extra: dic
     save_file(weights_state_dict(model), str(tmp), metadata={"format": "pt"})
     tmp.replace(run / "model.safetensors")  # atomic: a crash never leaves half a model
     (run / "config.json").write_text(json.dumps(cfg, indent=2))
-    tokenizer.save_pretrained(run)
+    save_tokenizer(tokenizer, run)
     return run
 
 

@@ -63,8 +63,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of the next token where a label exists, plus the MoE auxiliary loss."""
-    out = model(batch["input_ids"], batch.get("pixel_values"), attention_mask=batch["attention_mask"],
-                logits_to_keep=1)
+    # Batches are right-padded, so causal attention already keeps real tokens blind to the padding; leaving
+    # the mask out keeps SDPA on its fast causal kernels. (Left padding or packing must pass a mask / doc_ids.)
+    out = model(batch["input_ids"], batch.get("pixel_values"), logits_to_keep=1,
+                **{k: batch[k] for k in ("doc_ids", "position_ids") if k in batch})
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     hidden = out.hidden[:, :-1][keep]

@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny, randomly initialised run directory that every front end can load in a second."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from minimind_v.config import LLMConfig, VisionConfig, VLMConfig
+from minimind_v.data.tokenizer import train_tokenizer
+from minimind_v.model.vlm import MiniMindVLM
+from minimind_v.train.checkpoint import save_run
+
+TEXTS = [
+    "What color is the circle?", "The circle is red.", "How many shapes are there?", "There are 3 shapes.",
+    "Describe the image.", "A small blue square at the top left and a large green cross in the center.",
+    "Is there a yellow triangle?", "Yes, there is a yellow triangle.", "Which image has more shapes?",
+    "The first image.", "What digit is this?", "It is the digit 7.", "Hello! How are you today?",
+] * 20
+
+
+def shared_dir() -> Path | None:
+    """The read-only `shared/` folder beside the checkout (or $MINIMIND_V_SHARED), if present."""
+    env = os.environ.get("MINIMIND_V_SHARED")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    return path if path.is_dir() else None
+
+
+def build_tiny_run(out: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    cfg = VLMConfig(llm=LLMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=320,
+                                  max_seq_len=256),
+                    vision=VisionConfig(kind="scratch", image_size=32, patch_size=8, width=16, layers=1, heads=2,
+                                        merge=2),
+                    image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"))
+    model = MiniMindVLM(cfg).eval()
+    return save_run(model, tok, out)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with random weights (answers are gibberish, but every code path is real)."""
+    return build_tiny_run(tmp_path_factory.mktemp("tiny_run"))
