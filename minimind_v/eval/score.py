@@ -82,8 +82,10 @@ def score(kind: str, answer: str, key: str) -> float:
     if kind == "position":
         return float(set(positions_named(answer)) == {key})
     if kind in NUMBER_KINDS:
+        if not str(key).strip().isdigit():
+            raise ValueError(f"key {key!r} of kind {kind!r} must be a whole number written in digits")
         got = first_number(answer)
-        return float(got is not None and str(got) == str(int(key)))
+        return float(got is not None and got == int(key))
     if kind in CHOICE_KINDS:
         options = CHOICE_KINDS[kind]
         if key not in options:

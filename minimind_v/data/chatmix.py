@@ -1,0 +1,187 @@
+"""The training mix as conversations, drawn on the fly, and the held-out evaluation set.
+
+A sample is {"conversations": [{"role": "user"|"assistant", "content": str}, ...], "images": [PIL, ...]}, the
+reference's JSON-lines format with the images inline; every "<image>" marker stands for one image, in order.
+Training scenes always come from `train_seed` and evaluation scenes from `eval_seed`, whatever rng the caller
+passes in, so no evaluation scene is ever trained on. Digits: training uses the train split only.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields
+
+from .digits import digit_qa, load_digit_split, render_digit
+from .world import (COLORS, QA, SHAPES, SINGLE_KINDS, TWO_IMAGE_KINDS, article, ask, ask_two, caption,
+                    canonical_questions, eval_seed, paraphrase, render, sample_scene, sample_scene_pair,
+                    train_seed, two_image_questions)
+
+IMAGE = "<image>\n"
+CAPTION_REQUESTS = ["Describe the image.", "What is in the image?", "Describe this picture.", "What do you see?",
+                    "Give a short description of the image.", "Caption this image.", "What shapes are in this image?"]
+EVAL_STYLE = dict(antialias=False, noise=3.0, background=228)  # a fixed look training never uses by default
+
+
+@dataclass
+class MixWeights:
+    """Relative weights of the SFT mix (normalised when drawn)."""
+    dialogue: float = 0.45  # one image, 1..6 question turns
+    two_image: float = 0.15  # two images, compare_count / which_has / both_have
+    digit: float = 0.15  # a handwritten digit (train split)
+    text: float = 0.10  # no image at all
+    caption: float = 0.15  # one image, describe it
+    canonical: float = 0.65  # share of turns in the contract's exact wording (the rest paraphrased)
+
+
+def _train_scene(rng: random.Random):
+    return sample_scene(random.Random(train_seed(rng.getrandbits(48))))
+
+
+def _turns(qas: list[QA], rng: random.Random, canonical: float, n_images: int) -> list[dict]:
+    conv = []
+    for i, qa in enumerate(qas):
+        if rng.random() >= canonical:
+            qa = paraphrase(qa, rng)
+        conv.append({"role": "user", "content": (IMAGE * n_images if i == 0 else "") + qa.question})
+        conv.append({"role": "assistant", "content": qa.answer})
+    return conv
+
+
+def _dialogue(rng: random.Random, size: int, w: MixWeights) -> dict:
+    scene = _train_scene(rng)
+    qas = canonical_questions(scene, rng)
+    chosen = rng.sample(qas, rng.randint(1, min(6, len(qas))))
+    return {"conversations": _turns(chosen, rng, w.canonical, 1), "images": [render(scene, size, rng, jitter=True)]}
+
+
+def _two_image(rng: random.Random, size: int, w: MixWeights) -> dict:
+    # the scenes share a colour+shape, so both_have is yes exactly half the time (see two_image_questions)
+    a, b = sample_scene_pair(random.Random(train_seed(rng.getrandbits(48))), share=True)
+    qas = two_image_questions(a, b, rng)
+    chosen = rng.sample(qas, rng.randint(1, len(qas)))
+    return {"conversations": _turns(chosen, rng, w.canonical, 2),
+            "images": [render(a, size, rng, jitter=True), render(b, size, rng, jitter=True)]}
+
+
+def _digit(rng: random.Random, size: int, w: MixWeights) -> dict:
+    images, labels = load_digit_split("train")
+    i = rng.randrange(len(labels))
+    qa = digit_qa(int(labels[i])) if rng.random() < w.canonical else digit_qa(int(labels[i]), rng)
+    resample = rng.choices(["nearest", "bilinear", "bicubic"], [0.5, 0.3, 0.2])[0]
+    return {"conversations": [{"role": "user", "content": IMAGE + qa.question},
+                              {"role": "assistant", "content": qa.answer}],
+            "images": [render_digit(images[i], size, resample)]}
+
+
+def _caption(rng: random.Random, size: int, w: MixWeights) -> dict:
+    scene = _train_scene(rng)
+    request = CAPTION_REQUESTS[0] if rng.random() < 0.5 else rng.choice(CAPTION_REQUESTS)
+    text = caption(scene) if rng.random() < w.canonical else caption(scene, rng)
+    return {"conversations": [{"role": "user", "content": IMAGE + request}, {"role": "assistant", "content": text}],
+            "images": [render(scene, size, rng, jitter=True)]}
+
+
+def _text_turn(rng: random.Random) -> tuple[str, str]:
+    """One question and answer without any image: small talk, facts about shapes and colours, tiny sums."""
+    topic = rng.randrange(9)
+    if topic == 0:
+        return rng.choice([("Hello!", "Hello! Show me a picture and ask me about it."),
+                           ("Hi, who are you?", "I am a small vision-language model. I answer questions about images."),
+                           ("What can you do?", "I can describe images of shapes and answer questions about them."),
+                           ("Thank you!", "You are welcome!")])
+    if topic == 1:
+        return rng.choice([("Which colors do you know?", "I know red, green, blue, yellow, purple and orange."),
+                           ("Which shapes do you know?", "I know circles, squares, triangles, diamonds and crosses.")])
+    if topic == 2:
+        shape = rng.choice(SHAPES)
+        sides = {"circle": "A circle has no corners; it is one round line.", "square": "A square has four equal sides.",
+                 "triangle": "A triangle has three sides.", "diamond": "A diamond has four equal sides.",
+                 "cross": "A cross has twelve sides."}
+        return f"How many sides does {article(shape)} have?", sides[shape]
+    if topic == 3:
+        a, b, c = rng.choice([("red", "yellow", "orange"), ("blue", "yellow", "green"), ("red", "blue", "purple")])
+        return f"What color do you get when you mix {a} and {b}?", f"Mixing {a} and {b} gives {c}."
+    if topic == 4:
+        thing, color = rng.choice([("the sky", "blue"), ("grass", "green"), ("a banana", "yellow"),
+                                   ("a ripe tomato", "red"), ("an orange", "orange"), ("a plum", "purple")])
+        return f"What color is {thing}?", f"{thing[0].upper() + thing[1:]} is usually {color}."
+    if topic == 5:
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
+    if topic == 6:
+        n = rng.randint(0, 8)
+        return f"What number comes after {n}?", f"After {n} comes {n + 1}."
+    if topic == 7:
+        what = rng.choice(["a square", "a circle", "a triangle", "a diamond", "a cross"])
+        info = {"a square": "four equal sides and four right angles", "a circle": "a round line with no corners",
+                "a triangle": "three sides and three corners", "a diamond": "a square turned by 45 degrees",
+                "a cross": "a plus sign made of two crossing bars"}
+        return f"What is {what}?", f"{what[0].upper() + what[1:]} is {info[what]}."
+    # a question about an image when there is none: say so instead of inventing one
+    qa = ask(rng.choice(["color", "count", "exists", "caption"]), _train_scene(rng), rng)
+    return qa.question, rng.choice(["I do not see an image in this conversation. Please send one.",
+                                    "There is no image here. Please share a picture and I will answer."])
+
+
+def _text(rng: random.Random, size: int, w: MixWeights) -> dict:
+    conv = []
+    for _ in range(rng.randint(1, 3)):
+        q, a = _text_turn(rng)
+        conv += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return {"conversations": conv, "images": []}
+
+
+_MAKERS = {"dialogue": _dialogue, "two_image": _two_image, "digit": _digit, "text": _text, "caption": _caption}
+
+
+def make_sample(rng: random.Random, *, image_size: int = 96, kinds: str = "sft",
+                weights: MixWeights | None = None) -> dict:
+    """One training conversation. kinds: "caption" (pretraining: describe one image), "sft" (the weighted mix of
+    MixWeights), or one part of the mix by name: "dialogue", "two_image", "digit", "text"."""
+    w = weights or MixWeights()
+    if kinds == "sft":
+        names = [f.name for f in fields(MixWeights) if f.name in _MAKERS]
+        kinds = rng.choices(names, [getattr(w, n) for n in names])[0]
+    if kinds not in _MAKERS:
+        raise ValueError(f"unknown kinds {kinds!r}; expected 'sft' or one of {list(_MAKERS)}")
+    return _MAKERS[kinds](rng, image_size, w)
+
+
+def _eval_qa(kind: str, i: int, rng: random.Random) -> tuple[QA, list]:
+    """Item i of one kind: redraw held-out scenes from rng until the contract asks the question; yes/no and
+    first/second alternate with i so they come exactly equally often."""
+    want = {"exists": "yes", "both_have": "yes", "which_has": "first", "compare_count": "first"}.get(kind)
+    if want and i % 2:
+        want = {"yes": "no", "first": "second"}[want]
+    while True:
+        if kind in SINGLE_KINDS:
+            scene = sample_scene(rng)
+            qa = ask(kind, scene, rng, want)
+            scenes = [scene]
+        else:
+            a, b = sample_scene_pair(rng, share=want == "yes" or rng.random() < 0.5)
+            if kind == "compare_count" and (len(a.objects) > len(b.objects)) != (want == "first"):
+                a, b = b, a
+            qa = ask_two(kind, a, b, rng, want)
+            scenes = [a, b]
+        if qa is not None and (want is None or qa.key == want):
+            return qa, scenes
+
+
+def eval_items(n_per_kind: int, seed: int = 0, image_size: int = 96) -> list[dict]:
+    """The held-out evaluation set: n_per_kind canonical questions of every kind of the contract on eval_seed
+    scenes, drawn in EVAL_STYLE, plus all 360 held-out digits. Same arguments -> the same items."""
+    if n_per_kind < 0 or seed < 0:
+        raise ValueError(f"n_per_kind and seed must be >= 0, got {n_per_kind} and {seed}")
+    items = []
+    for k, kind in enumerate(SINGLE_KINDS + TWO_IMAGE_KINDS):
+        for i in range(n_per_kind):
+            rng = random.Random(eval_seed((seed * 100 + k) * 1_000_000 + i))
+            qa, scenes = _eval_qa(kind, i, rng)
+            items.append({"kind": kind, "question": IMAGE * len(scenes) + qa.question, "key": qa.key,
+                          "answer": qa.answer, "images": [render(s, image_size, rng, **EVAL_STYLE) for s in scenes]})
+    images, labels = load_digit_split("eval")
+    for px, label in zip(images, labels):
+        qa = digit_qa(int(label))
+        items.append({"kind": "digit", "question": IMAGE + qa.question, "key": qa.key, "answer": qa.answer,
+                      "images": [render_digit(px, image_size)]})
+    return items
