@@ -121,6 +121,15 @@ def test_no_padding_takes_the_fast_path():
     assert not causal and mask.shape == (1, 1, 3, 11) and mask[0, 0, 0].tolist() == [True] * 9 + [False] * 2
 
 
+def test_mask_never_leaves_a_query_without_keys():
+    # Some SDPA kernels return NaN for a fully masked row; pad queries must see at least themselves.
+    pad = torch.tensor([[0, 0, 1, 1], [1, 1, 0, 0]])
+    mask, _ = attention_plan(4, 0, pad, None, torch.device("cpu"))
+    assert mask.any(-1).all()
+    assert mask[0, 0, 2].tolist() == [False, False, True, False]  # real tokens never see padding
+    assert mask[1, 0, 3].tolist() == [True, True, False, True]  # a pad row sees the real prefix and itself
+
+
 def test_rope_uses_the_exact_inv_freq_and_rotate_half_pairs():
     hd, theta = 16, 1e6
     pos = torch.arange(40).expand(1, 40)
