@@ -111,9 +111,9 @@ def test_shape_geometry_size_and_area(shape):
         mask = (np.asarray(render(Scene((o,)), S, antialias=False)) != 240).any(axis=2)
         rows, cols = np.nonzero(mask)
         height = side * (math.sqrt(3) / 2 if shape == "triangle" else 1.0)
-        assert abs(cols.max() - cols.min() + 1 - side * S) <= 1.5  # box side = the size
-        assert abs(rows.max() - rows.min() + 1 - height * S) <= 1.5
-        assert abs(mask.sum() / (AREA[shape] * (side * S) ** 2) - 1) < 0.015
+        assert abs(cols.max() - cols.min() + 1 - side * S) <= 2  # box side = the size
+        assert abs(rows.max() - rows.min() + 1 - height * S) <= 2
+        assert abs(mask.sum() / (AREA[shape] * (side * S) ** 2) - 1) < 0.025  # pixel quantisation of ~130 px shapes
         if shape == "cross":  # arms one third of the size thick
             arm = mask[int((0.5 + 0.4 * side) * S)].sum()
             assert abs(arm - side * S / 3) <= 2
