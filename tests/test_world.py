@@ -262,7 +262,7 @@ def test_training_mix_format(monkeypatch):
     assert canonical / total > 0.6
     cap = make_sample(rng, kinds="caption")
     assert len(cap["images"]) == 1 and len(cap["conversations"]) == 2
-    only_text = make_sample(rng, kinds="sft", weights=MixWeights(dialogue=0, two_image=0, digit=0, caption=0))
+    only_text = make_sample(rng, kinds="sft", mix=MixWeights(dialogue=0, two_image=0, digit=0, caption=0))
     assert only_text["images"] == [] and "<image>" not in str(only_text["conversations"])
     with pytest.raises(ValueError, match="unknown kinds"):
         make_sample(rng, kinds="video")

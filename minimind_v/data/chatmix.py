@@ -134,10 +134,10 @@ _MAKERS = {"dialogue": _dialogue, "two_image": _two_image, "digit": _digit, "tex
 
 
 def make_sample(rng: random.Random, *, image_size: int = 96, kinds: str = "sft",
-                weights: MixWeights | None = None) -> dict:
+                mix: MixWeights | None = None) -> dict:
     """One training conversation. kinds: "caption" (pretraining: describe one image), "sft" (the weighted mix of
     MixWeights), or one part of the mix by name: "dialogue", "two_image", "digit", "text"."""
-    w = weights or MixWeights()
+    w = mix or MixWeights()
     if kinds == "sft":
         names = [f.name for f in fields(MixWeights) if f.name in _MAKERS]
         kinds = rng.choices(names, [getattr(w, n) for n in names])[0]
