@@ -172,9 +172,11 @@ def test_questions_only_when_the_contract_asks_them():
 
 
 def test_articles_and_canonical_caption():
-    s = Scene((Obj("circle", "red", "large", 0, 0, 0.2, 0.2, 0.25), Obj("square", "blue", "small", 1, 1, 0.5, 0.5, 0.15),
+    s = Scene((Obj("circle", "red", "large", 0, 0, 0.2, 0.2, 0.25),
+               Obj("square", "blue", "small", 1, 1, 0.5, 0.5, 0.15),
                Obj("cross", "green", "small", 2, 1, 0.5, 0.8, 0.15)))
-    want = "A large red circle at the top left, a small blue square in the center and a small green cross at the bottom."
+    want = ("A large red circle at the top left, a small blue square in the center"
+            " and a small green cross at the bottom.")
     assert caption(s) == want and score("caption", want, caption(s)) == 1.0
     orange = Scene((Obj("square", "orange", "small", 1, 1, 0.5, 0.5, 0.15),))
     rng = random.Random(0)

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, fields
 
 from .digits import digit_qa, load_digit_split, render_digit
-from .world import (COLORS, QA, SHAPES, SINGLE_KINDS, TWO_IMAGE_KINDS, article, ask, ask_two, caption,
+from .world import (QA, SHAPES, SINGLE_KINDS, TWO_IMAGE_KINDS, article, ask, ask_two, caption,
                     canonical_questions, eval_seed, paraphrase, render, sample_scene, sample_scene_pair,
                     train_seed, two_image_questions)
 

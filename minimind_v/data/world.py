@@ -1,6 +1,6 @@
 """The shapes world: scenes of coloured shapes, drawn from a seed, with answers known exactly.
 
-Everything follows /shared/SHAPES_WORLD.md (the contract). Geometry is stored as fractions of the canvas side S,
+Everything follows the shapes-world contract (SHAPES_WORLD.md). Geometry is stored as fractions of the canvas side S,
 so one scene renders at any size. A scene is 1..4 objects, each alone in one cell of a 3 x 3 grid, its centre
 uniform in the middle half of that cell; objects that would leave the canvas or overlap are redrawn, so the
 centre is uniform over the part of the middle half where the object fits.
@@ -287,7 +287,8 @@ def _count_answer(n: int, what: str, canonical: bool, rng: random.Random | None)
         return f"There are no {noun}." if n == 0 else f"There {'is' if n == 1 else 'are'} {n} {noun}."
     num = rng.choice([str(n), NUMBER_NAMES[n]])
     if n == 0:
-        return rng.choice([f"There are no {noun}.", "None.", "Zero.", "0.", f"I see no {noun}.", f"There are 0 {noun}."])
+        return rng.choice([f"There are no {noun}.", "None.", "Zero.", "0.", f"I see no {noun}.",
+                           f"There are 0 {noun}."])
     return rng.choice([f"There {'is' if n == 1 else 'are'} {num} {noun}.", f"{_cap(num)}.", f"I count {num} {noun}.",
                        f"I see {num} {noun}."])
 
