@@ -1,0 +1,126 @@
+"""Training datasets that skip broken rows instead of crashing hours into a run.
+
+`RowDataset` turns each row of a `SampleReader` into tensors; a row that cannot be used (missing or corrupt
+image, placeholder count != image count, bad roles, empty turn, too long, ...) comes back as a small skip
+marker. `SkipCollate` drops the markers from the batch but keeps them in `batch["skipped"]`, so the counts cross
+the DataLoader's worker processes and reach the trainer, whose `SkipTally` reports them at the end. A tally that
+sees most rows fail stops the run: that is a wrong path or a bug, not dirty data.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from .chat import SampleTooLong
+from .collate import IGNORE, collate
+from .formats import BadRow, SampleReader
+
+
+class RowDataset(Dataset):
+    """`kind="chat"`: conversations (+ images) through `encode` (a SampleEncoder);
+    `kind="text"`: the `text` field through `encode` (a TextEncoder)."""
+
+    def __init__(self, reader: SampleReader, encode: Callable[[Any], dict[str, torch.Tensor]], kind: str = "chat"):
+        if kind not in ("chat", "text"):
+            raise ValueError(f"kind must be 'chat' or 'text', not {kind!r}")
+        self.reader, self.encode, self.kind = reader, encode, kind
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            return self.encode(self.reader.text(i) if self.kind == "text" else self.reader[i])
+        except BadRow as e:
+            return skip(i, e.reason, e.detail)
+        except SampleTooLong as e:
+            return skip(i, "too_long", str(e))
+        except Exception as e:  # anything else about one row must not end the run; the tally reports it
+            return skip(i, "invalid", f"{type(e).__name__}: {e}")
+
+
+def skip(index: int, reason: str, detail: str) -> dict[str, Any]:
+    return {"skip": reason, "index": int(index), "detail": detail[:300]}
+
+
+@dataclass
+class TextEncoder:
+    """Pretraining text -> ids + labels (every token is a target), ending with <|im_end|> as the document end.
+
+    Longer text is cut at max_len: for pretraining a truncated document is still good data.
+    """
+
+    tokenizer: Any
+    max_len: int = 512
+    eos: str = "<|im_end|>"
+
+    def __call__(self, text: str) -> dict[str, torch.Tensor]:
+        backend = self.tokenizer.backend_tokenizer
+        ids = backend.encode(text, add_special_tokens=False).ids[: self.max_len - 1]
+        ids.append(self.tokenizer.convert_tokens_to_ids(self.eos))
+        t = torch.tensor(ids)
+        return {"input_ids": t, "labels": t.clone()}
+
+
+@dataclass
+class SkipCollate:
+    """Collate the good rows, and carry the skipped ones along as (reason, index, detail)."""
+
+    pad_id: int = 0
+    inner: Callable[..., dict[str, torch.Tensor]] = collate
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [x for x in items if "skip" not in x]
+        batch: dict[str, Any] = self.inner(good, pad_id=self.pad_id) if good else {}
+        batch["skipped"] = [(x["skip"], x["index"], x["detail"]) for x in items if "skip" in x]
+        return batch
+
+
+@dataclass
+class SkipTally:
+    """Counts skipped rows by reason (and distinct rows, since epochs repeat them), with a few examples each."""
+
+    max_fraction: float = 0.5  # more than this share of rows broken (after `min_rows`) stops the run
+    min_rows: int = 200
+    examples_per_reason: int = 3
+    counts: Counter = field(default_factory=Counter)
+    rows: set = field(default_factory=set)
+    examples: dict = field(default_factory=dict)
+    seen: int = 0
+
+    def add(self, batch: dict[str, Any]) -> None:
+        skipped = batch.get("skipped") or []
+        self.seen += len(skipped) + (len(batch["input_ids"]) if "input_ids" in batch else 0)
+        for reason, index, detail in skipped:
+            self.counts[reason] += 1
+            self.rows.add(index)
+            ex = self.examples.setdefault(reason, [])
+            if len(ex) < self.examples_per_reason:
+                ex.append(f"row {index}: {detail}")
+        total = sum(self.counts.values())
+        if self.seen >= self.min_rows and total > self.max_fraction * self.seen:
+            raise ValueError(f"{total} of the first {self.seen} rows were unusable ({self.summary()}); "
+                             "check the data path, the image folder and `minimind-v data check`")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"skipped": dict(self.counts), "skipped_rows": len(self.rows), "rows_seen": self.seen,
+                "examples": self.examples}
+
+    def summary(self) -> str:
+        if not self.counts:
+            return f"no rows skipped ({self.seen} read)"
+        parts = ", ".join(f"{r} {n}" for r, n in self.counts.most_common())
+        lines = [f"skipped {sum(self.counts.values())} of {self.seen} rows read "
+                 f"({len(self.rows)} distinct): {parts}"]
+        for reason, ex in self.examples.items():
+            lines += [f"  {reason}: {e}" for e in ex]
+        return "\n".join(lines)
+
+
+def has_targets(batch: dict[str, Any]) -> bool:
+    """A batch can train only if it has at least one labelled token (all rows might have been skipped)."""
+    return "labels" in batch and bool((batch["labels"][:, 1:] != IGNORE).any())
