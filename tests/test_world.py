@@ -266,6 +266,9 @@ def test_training_mix_format(monkeypatch):
     assert len(cap["images"]) == 1 and len(cap["conversations"]) == 2
     only_text = make_sample(rng, kinds="sft", mix=MixWeights(dialogue=0, two_image=0, digit=0, caption=0))
     assert only_text["images"] == [] and "<image>" not in str(only_text["conversations"])
+    for _ in range(500):
+        text = make_sample(rng, kinds="text")
+        assert text["images"] == [] and "<image>" not in str(text["conversations"])
     with pytest.raises(ValueError, match="unknown kinds"):
         make_sample(rng, kinds="video")
 

@@ -117,7 +117,7 @@ def _text_turn(rng: random.Random) -> tuple[str, str]:
                 "a cross": "a plus sign made of two crossing bars"}
         return f"What is {what}?", f"{what[0].upper() + what[1:]} is {info[what]}."
     # a question about an image when there is none: say so instead of inventing one
-    qa = ask(rng.choice(["color", "count", "exists", "caption"]), _train_scene(rng), rng)
+    qa = ask(rng.choice(["count", "count_color", "exists", "position", "caption"]), _train_scene(rng), rng)
     return qa.question, rng.choice(["I do not see an image in this conversation. Please send one.",
                                     "There is no image here. Please share a picture and I will answer."])
 
