@@ -202,7 +202,9 @@ def render(scene: Scene, size: int = 96, rng: random.Random | None = None, *, an
         img[rows, cols] = img[rows, cols] * (1 - cov) + np.asarray(rgb, np.float32) * cov
     if noise > 0:
         img += noise * _gaussian((size, size, 3), rng)
-    return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8), "RGB")
+        np.clip(img, 0, 255, out=img)
+    img += 0.5  # round to the nearest grey level
+    return Image.frombytes("RGB", (size, size), img.astype(np.uint8).tobytes())
 
 
 _BANK_SIZE = 1 << 20
