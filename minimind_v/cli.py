@@ -10,6 +10,7 @@ import sys
 
 # Subcommand modules, in the order `--help` lists them (data -> model -> train -> eval -> serve / interop).
 COMMANDS = [
+    "minimind_v.data.cli_data",
     "minimind_v.train.cli_train",
     "minimind_v.eval.cli_eval",
     "minimind_v.infer.cli_infer",
