@@ -82,10 +82,17 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
             k, v = k.to(q.dtype), v.to(q.dtype)  # no-op unless the cache was allocated in another dtype
-        # Query head h reads kv head h // n_rep. SDPA does that grouping itself (enable_gqa) without copying
-        # K/V, but on CUDA a GQA call with a mask tensor falls back to the slow math kernel, so there we
-        # repeat K/V and let the memory-efficient kernel take the mask.
+        # Query head h reads kv head h // n_rep.
         n_rep = self.n_heads // self.n_kv_heads
+        if T == 1 and n_rep > 1:
+            # One decoding step: the n_rep query heads of a group become n_rep query rows of one kv head, a
+            # plain attention over the cache (no K/V copy, and faster than the GQA kernel on CPU).
+            # A padding mask [B, 1, 1, S] broadcasts over those rows.
+            out = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, n_rep, self.head_dim), k, v,
+                                                 attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+            return self.o_proj(out.reshape(B, T, -1))
+        # SDPA groups heads itself (enable_gqa) without copying K/V, but on CUDA a GQA call with a mask
+        # tensor falls back to the slow math kernel, so there K/V are repeated for the memory-efficient kernel.
         gqa = n_rep > 1 and (mask is None or not q.is_cuda)
         if n_rep > 1 and not gqa:
             k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
