@@ -181,8 +181,9 @@ def render(scene: Scene, size: int = 96, rng: random.Random | None = None, *, an
     Anti-aliasing samples each pixel at 4 x 4 points and averages them: the same as drawing at 4x and
     box-filtering down. Without it a pixel takes the colour of the shape its centre lies in. With jitter=True
     (needs rng) every legal variation of the contract is drawn at random: background 200..255, noise sigma
-    0..8, each colour channel moved by up to 15, anti-aliasing on or off, so a model trained on it also
-    answers scenes an independent renderer drew."""
+    0..8, each colour channel moved by up to 15, anti-aliasing on or off, and now and then a canvas of another
+    side (>= 48) resized to `size`, as when an evaluator draws at its own S and the model's processor rescales.
+    A model trained on that also answers scenes an independent renderer drew."""
     if size < 16:
         raise ValueError(f"image size must be >= 16 pixels (the contract's rules assume >= 48), got {size}")
     if not 0 <= background <= 255:
@@ -190,23 +191,30 @@ def render(scene: Scene, size: int = 96, rng: random.Random | None = None, *, an
     if jitter and rng is None:
         raise ValueError("render(jitter=True) needs an rng to draw the variations from")
     colors = [COLORS[o.color] for o in scene.objects]
+    canvas = size
     if jitter:
         background = rng.randint(200, 255)
         noise = rng.uniform(0.0, 8.0) if rng.random() < 0.7 else 0.0
         antialias = rng.random() < 0.5
         colors = [tuple(min(255, max(0, c + rng.randint(-15, 15))) for c in rgb) for rgb in colors]
-    img = np.full((size, size, 3), background, dtype=np.float32)
+        if rng.random() < 0.2:
+            canvas = rng.randint(max(48, size // 2), max(64, 2 * size))
+    img = np.full((canvas, canvas, 3), background, dtype=np.float32)
     for o, rgb in zip(scene.objects, colors):
-        rows, cols, cov = _coverage(o, size, 4 if antialias else 1)
+        rows, cols, cov = _coverage(o, canvas, 4 if antialias else 1)
         cov = cov[..., None]
         img[rows, cols] = img[rows, cols] * (1 - cov) + np.asarray(rgb, np.float32) * cov
     if noise > 0:
-        img += noise * _gaussian((size, size, 3), rng)
+        img += noise * _gaussian((canvas, canvas, 3), rng)
         np.clip(img, 0, 255, out=img)
     img += 0.5  # round to the nearest grey level
-    return Image.frombytes("RGB", (size, size), img.astype(np.uint8).tobytes())
+    out = Image.frombytes("RGB", (canvas, canvas), img.astype(np.uint8).tobytes())
+    if canvas != size:
+        out = out.resize((size, size), rng.choice(_RESIZE_FILTERS))
+    return out
 
 
+_RESIZE_FILTERS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
 _BANK_SIZE = 1 << 20
 
 
