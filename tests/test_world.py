@@ -43,30 +43,39 @@ def test_train_and_eval_seeds_are_disjoint():
         eval_seed(-1)
 
 
+def check_rules(s):
+    objs = s.objects
+    assert 1 <= len(objs) <= 4
+    assert len({(o.row, o.col) for o in objs}) == len(objs)  # one object per cell
+    assert len({o.pair for o in objs}) == len(objs)  # no two share colour and shape
+    for o in objs:
+        assert o.shape in SHAPES and o.color in COLORS and o.position == POSITIONS[(o.row, o.col)]
+        lo, hi = SIZES[o.size]
+        assert lo <= o.side <= hi
+        # centre in the middle half of its cell
+        assert o.col / 3 + 1 / 12 <= o.cx <= o.col / 3 + 3 / 12
+        assert o.row / 3 + 1 / 12 <= o.cy <= o.row / 3 + 3 / 12
+        x0, y0, x1, y1 = o.box
+        assert 0 <= x0 and 0 <= y0 and x1 <= 1 and y1 <= 1  # wholly on the canvas
+    for i, a in enumerate(objs):
+        for b in objs[i + 1:]:
+            ax0, ay0, ax1, ay1 = a.box
+            bx0, by0, bx1, by1 = b.box
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0  # boxes, hence shapes, disjoint
+
+
 def test_every_scene_rule_on_many_scenes():
-    n_seen, sizes_seen = set(), set()
-    for s in scenes(2000):
-        objs = s.objects
-        assert 1 <= len(objs) <= 4
-        n_seen.add(len(objs))
-        assert len({(o.row, o.col) for o in objs}) == len(objs)  # one object per cell
-        assert len({o.pair for o in objs}) == len(objs)  # no two share colour and shape
-        for o in objs:
-            assert o.shape in SHAPES and o.color in COLORS and o.position == POSITIONS[(o.row, o.col)]
-            lo, hi = SIZES[o.size]
-            assert lo <= o.side <= hi
-            sizes_seen.add(o.size)
-            # centre in the middle half of its cell
-            assert o.col / 3 + 1 / 12 <= o.cx <= o.col / 3 + 3 / 12
-            assert o.row / 3 + 1 / 12 <= o.cy <= o.row / 3 + 3 / 12
-            x0, y0, x1, y1 = o.box
-            assert 0 <= x0 and 0 <= y0 and x1 <= 1 and y1 <= 1  # wholly on the canvas
-        for i, a in enumerate(objs):
-            for b in objs[i + 1:]:
-                ax0, ay0, ax1, ay1 = a.box
-                bx0, by0, bx1, by1 = b.box
-                assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0  # boxes, hence shapes, disjoint
-    assert n_seen == {1, 2, 3, 4} and sizes_seen == set(SIZES)
+    many = scenes(2000)
+    for s in many:
+        check_rules(s)
+    assert {len(s.objects) for s in many} == {1, 2, 3, 4}
+    assert {o.size for s in many for o in s.objects} == set(SIZES)
+    rng = random.Random(1)
+    for _ in range(1000):
+        a, b = sample_scene_pair(rng, share=True)
+        check_rules(a)
+        check_rules(b)
+        assert a.pairs & b.pairs
     with pytest.raises(ValueError, match="1 to 4"):
         sample_scene(random.Random(0), n_objects=5)
 

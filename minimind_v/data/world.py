@@ -121,15 +121,19 @@ def sample_scene(rng: random.Random, n_objects: int | None = None) -> Scene:
 def sample_scene_pair(rng: random.Random, share: bool = True) -> tuple[Scene, Scene]:
     """Two independent scenes; with share=True the second is given one colour+shape of the first (its own size
     and place), so "Do both images contain ...?" can be answered yes as often as no."""
-    a, b = sample_scene(rng), sample_scene(rng)
-    if share:
+    a = sample_scene(rng)
+    while True:
+        b = sample_scene(rng)
+        if not share:
+            return a, b
         color, shape = rng.choice(a.objects).pair
-        if (color, shape) not in b.pairs:
-            i = rng.randrange(len(b.objects))
-            objs = list(b.objects)
-            objs[i] = replace(objs[i], color=color, shape=shape)
-            b = Scene(tuple(objs))
-    return a, b
+        if (color, shape) in b.pairs:
+            return a, b
+        for i in rng.sample(range(len(b.objects)), len(b.objects)):
+            # a new shape has a new box (a triangle's is flatter), so it must still fit among the others
+            new = replace(b.objects[i], color=color, shape=shape)
+            if _fits(new.box, [o for j, o in enumerate(b.objects) if j != i]):
+                return a, Scene(b.objects[:i] + (new,) + b.objects[i + 1:])
 
 
 # ----------------------------------------------------------------------------------------------- rendering
