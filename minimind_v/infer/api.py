@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from PIL import Image
@@ -16,7 +16,8 @@ from ..data.chat import count_markers, encode_prompt
 from ..model.vlm import MiniMindVLM
 from ..train.checkpoint import load_run
 from ..train.trainer import pick_device
-from .generate import GenerationConfig, generate, generate_stream
+from .generate import GenerationConfig, check_fits, generate
+from .streaming import ChatStream
 
 
 class VLMChat:
@@ -68,26 +69,33 @@ class VLMChat:
                        pad_id=self.pad_id)
         return [self.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
 
+    @property
+    def context_length(self) -> int:
+        """Tokens the model can attend to: prompt + answer must fit."""
+        return self.model.cfg.llm.max_seq_len
+
+    def encode_chat(self, messages: list[dict[str, str]], n_images: int) -> list[int]:
+        """Check a conversation against its images and return the prompt ids (ValueError names the problem)."""
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        n = sum(count_markers(m["content"]) for m in messages if isinstance(m.get("content"), str))
+        if n != n_images:
+            raise ValueError(f"the conversation has {n} <image> markers but {n_images} images were given; "
+                             f"write one <image> per image")
+        return self._prompt(messages)
+
     def stream_chat(self, messages: list[dict[str, str]], images: list[Image.Image] | None = None,
-                    max_new_tokens: int = 256, temperature: float = 0.0, **gen: Any) -> Iterator[str]:
-        """Multi-turn chat; yields text pieces as they are decoded. Pieces never split a UTF-8 character."""
+                    max_new_tokens: int = 256, temperature: float = 0.0, *, stop: list[str] | None = None,
+                    **gen: Any) -> ChatStream:
+        """Multi-turn chat; iterate the result for text pieces as they are decoded. Pieces never split a UTF-8
+        character. `stop` strings end the answer early and are left out of it. Everything is checked here,
+        before the first token: a bad conversation or a prompt too long for the context raises ValueError.
+        After iterating, the ChatStream holds the token counts, finish_reason and tokens_per_second."""
         images = images or []
-        self._check(images, "".join(m["content"] for m in messages))
-        prompt = self._prompt(messages)
-        ids: list[int] = []
-        printed = ""
+        prompt = self.encode_chat(messages, len(images))
         cfg = self._gen(max_new_tokens, temperature, **gen)
-        for step in generate_stream(self.model, [prompt], self._pixels(images), cfg, self.pad_id):
-            t = int(step[0])
-            if t in self.stop_ids:
-                break
-            ids.append(t)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for its other bytes
-                continue
-            if len(text) > len(printed):
-                yield text[len(printed):]
-                printed = text
+        check_fits(len(prompt), cfg.max_new_tokens, self.context_length)
+        return ChatStream(self.model, self.tokenizer, prompt, self._pixels(images), cfg, self.pad_id, stop)
 
 
 def load(path: str | Path, device: str = "auto") -> VLMChat:

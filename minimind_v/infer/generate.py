@@ -2,7 +2,9 @@
 
 Left padding puts every prompt's last token in the same column, so one decoding step serves the whole batch;
 the attention mask keeps pad columns invisible and positions count real tokens only, which makes each row's
-result identical to generating it alone.
+result identical to generating it alone. Two more things keep that promise when sampling: the repetition
+penalty only counts a row's real tokens (never its padding), and a seeded run gives every row its own random
+generator seeded alike, so row i draws exactly the numbers it would draw in a batch of one.
 """
 from __future__ import annotations
 
@@ -17,37 +19,72 @@ from torch import Tensor
 class GenerationConfig:
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 -> greedy
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
+    top_p: float = 1.0  # nucleus: keep the most likely tokens until their mass reaches top_p (0 keeps the top one)
+    top_k: int = 0  # 0 -> no top-k cut
+    repetition_penalty: float = 1.0  # > 1 discourages any token already in the prompt or the answer
     stop_ids: list[int] = field(default_factory=list)
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        self.check()
 
-def sample_next(logits: Tensor, gen: GenerationConfig, history: Tensor | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
-    """logits [B, V] -> next ids [B]."""
+    def check(self) -> None:
+        """Raise ValueError naming the first setting out of range."""
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
+                or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0:  # also catches NaN
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature!r}")
+        if not 0 <= self.top_p <= 1:
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+
+
+def penalize_repeats(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """CTRL-style penalty: a seen token's logit moves towards 'less likely' (divided if positive, multiplied
+    if negative), so the penalty never turns an unlikely token into a likely one. seen: bool [B, V]."""
+    pen = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, pen, logits)
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Set to -inf every logit outside the top-k and outside the top-p nucleus. The most likely token always
+    survives, so at least one token can be drawn."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
+        drop = before >= top_p  # keep the smallest prefix whose mass reaches top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def sample_next(logits: Tensor, gen: GenerationConfig, seen: Tensor | None = None,
+                generators: list[torch.Generator] | None = None) -> Tensor:
+    """logits [B, V] -> next ids [B]. `seen` (bool [B, V]) marks tokens for the repetition penalty;
+    `generators` (one per row) make sampling reproducible row by row; without them the global RNG is used."""
     logits = logits.float()
-    if gen.repetition_penalty != 1.0 and history is not None and history.numel():
-        seen = torch.gather(logits, 1, history)
-        seen = torch.where(seen > 0, seen / gen.repetition_penalty, seen * gen.repetition_penalty)
-        logits = logits.scatter(1, history, seen)
+    if gen.repetition_penalty != 1.0 and seen is not None:
+        logits = penalize_repeats(logits, seen, gen.repetition_penalty)
     if gen.temperature <= 0:
         return logits.argmax(-1)
-    logits = logits / gen.temperature
-    if gen.top_k > 0:
-        kth = torch.topk(logits, min(gen.top_k, logits.shape[-1])).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if gen.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > gen.top_p  # keep the smallest set whose mass reaches top_p
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    probs = filter_logits(logits / gen.temperature, gen.top_k, gen.top_p).softmax(-1)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    return torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=g)[:, 0] for i, g in enumerate(generators)])
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Prompts of different lengths -> ids [B, T] right-aligned, and the mask of real tokens."""
     longest = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros_like(ids)
@@ -57,34 +94,48 @@ def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tup
     return ids, mask
 
 
+def check_fits(prompt_len: int, max_new_tokens: int, context: int) -> None:
+    """The KV cache holds prompt + new tokens; refuse up front what the model's positions cannot hold."""
+    if prompt_len + max_new_tokens > context:
+        raise ValueError(f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens exceeds the model's "
+                         f"context of {context} tokens; shorten the prompt or ask for fewer new tokens")
+
+
 @torch.inference_mode()
 def generate_stream(model: torch.nn.Module, prompts: list[list[int]], pixel_values: Tensor | None,
                     gen: GenerationConfig, pad_id: int = 0) -> Iterator[Tensor]:
-    """Yield the next token of every row, step by step ([B] ids; finished rows repeat pad_id)."""
+    """Yield the next token of every row, step by step ([B] ids; finished rows repeat pad_id).
+
+    Stops after max_new_tokens steps or once every row has produced one of gen.stop_ids.
+    """
+    gen.check()
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
     B, T = ids.shape
-    max_len = getattr(model, "cfg").llm.max_seq_len
-    if T + gen.max_new_tokens > max_len:
-        raise ValueError(f"prompt of {T} tokens + {gen.max_new_tokens} new tokens exceeds the model's "
-                         f"context of {max_len}")
+    check_fits(T, gen.max_new_tokens, model.cfg.llm.max_seq_len)
     cache = model.llm.new_cache(B, T + gen.max_new_tokens)
-    generator = None
+    generators = None
     if gen.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(gen.seed)
+        generators = [torch.Generator(device=device).manual_seed(gen.seed) for _ in range(B)]
+    seen = None
+    if gen.repetition_penalty != 1.0:  # counts, not scatter of booleans: repeated ids must not collide
+        vocab = model.cfg.llm.vocab_size
+        seen = torch.zeros(B, vocab, dtype=torch.long, device=device).scatter_add_(1, ids, mask) > 0
     has_pad = bool((mask == 0).any())
     out = model(ids, pixel_values, attention_mask=mask if has_pad else None, cache=cache, logits_to_keep=1)
-    history = ids
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stops = torch.tensor(gen.stop_ids or [-1], device=device)
-    for _ in range(gen.max_new_tokens):
-        nxt = sample_next(out.logits[:, -1], gen, history, generator)
+    for step in range(gen.max_new_tokens):
+        nxt = sample_next(out.logits[:, -1], gen, seen, generators)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         yield nxt
         done = done | torch.isin(nxt, stops)
-        if bool(done.all()):
+        if bool(done.all()) or step == gen.max_new_tokens - 1:
             return
-        history = torch.cat([history, nxt[:, None]], 1)
+        if seen is not None:
+            seen[torch.arange(B, device=device), nxt] |= ~done
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], 1)
         out = model(nxt[:, None], None, attention_mask=mask if has_pad else None, cache=cache, logits_to_keep=1)
 
@@ -94,11 +145,12 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], pixel_values: Ten
     """New tokens per prompt, without the stop token."""
     rows: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
+    stops = set(gen.stop_ids)
     for step in generate_stream(model, prompts, pixel_values, gen, pad_id):
         for i, t in enumerate(step.tolist()):
             if finished[i]:
                 continue
-            if t in gen.stop_ids:
+            if t in stops:
                 finished[i] = True
             else:
                 rows[i].append(t)
