@@ -282,6 +282,17 @@ def test_training_mix_format(monkeypatch):
         make_sample(rng, kinds="video")
 
 
+def test_training_scenes_come_from_train_seeds_only(monkeypatch):
+    used = []
+    monkeypatch.setattr(chatmix, "train_seed", lambda i: used.append(i) or train_seed(i))
+    monkeypatch.setattr(chatmix, "eval_seed", lambda i: pytest.fail("make_sample asked for an eval seed"))
+    rng = random.Random(0)
+    for kinds in ("caption", "dialogue", "two_image"):
+        before = len(used)
+        make_sample(rng, kinds=kinds)
+        assert len(used) == before + 1
+
+
 def test_make_sample_is_fast():
     rng = random.Random(0)
     make_sample(rng)  # loads the digits once
