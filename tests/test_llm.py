@@ -102,9 +102,10 @@ def layouts():
 
 
 @pytest.mark.parametrize("name,ids,mask,docs", layouts(), ids=[x[0] for x in layouts()])
-@pytest.mark.parametrize("qk_norm", [False, True])
-def test_forward_matches_naive(name, ids, mask, docs, qk_norm):
-    model = tiny(qk_norm=qk_norm)
+@pytest.mark.parametrize("qk_norm,n_kv_heads", [(False, 2), (True, 2), (True, 4), (False, 1)],
+                         ids=["gqa", "gqa_qk_norm", "mha", "mqa"])
+def test_forward_matches_naive(name, ids, mask, docs, qk_norm, n_kv_heads):
+    model = tiny(qk_norm=qk_norm, n_kv_heads=n_kv_heads)
     with torch.no_grad():
         got = model(ids, attention_mask=mask, doc_ids=docs).logits
         want = naive_forward(model, ids, mask, docs)
@@ -202,9 +203,10 @@ def greedy_with_cache(model, ids, mask, steps, chunk=None):
     return ids, mask, torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("chunk", [None, 3], ids=["prefill", "chunked_prefill"])
-def test_kv_cache_decoding_equals_full_forward(chunk):
-    model = tiny()
+@pytest.mark.parametrize("chunk,n_kv_heads", [(None, 2), (3, 2), (None, 4)],
+                         ids=["prefill", "chunked_prefill", "mha"])
+def test_kv_cache_decoding_equals_full_forward(chunk, n_kv_heads):
+    model = tiny(n_kv_heads=n_kv_heads)
     g = torch.Generator().manual_seed(4)
     ids = torch.randint(4, 97, (3, 7), generator=g)
     mask = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 5 + [1] * 2])  # a left-padded batch
