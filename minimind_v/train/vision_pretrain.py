@@ -2,8 +2,8 @@
 
 MiniMind-V freezes an encoder that was pretrained to see (CLIP). A from-scratch encoder trained only through the
 LLM's answer loss throws colour and shape away, so here it first learns from the world's own labels: each of the
-3 x 3 grid-aligned tokens (after the 2 x 2 merge) predicts its cell's colour, shape and size (or "empty"), and the
-mean token predicts the digit for digit images. After this stage the encoder is frozen, exactly like CLIP.
+3 x 3 grid-aligned tokens (after the 2 x 2 merge) predicts its cell's colour, shape and size (or "empty") and which
+cell it is, and the mean token predicts the digit for digit images. After this stage the encoder is frozen, exactly like CLIP.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class CellHeads(nn.Module):
         self.shape = nn.Linear(dim, len(world.SHAPES) + 1)
         self.size = nn.Linear(dim, len(world.SIZES) + 1)
         self.digit = nn.Linear(dim, 10)
+        self.cell = nn.Linear(dim, 9)  # which cell a token is: keeps position linearly readable for the LLM
 
 
 def scene_targets(scene: world.Scene) -> torch.Tensor:
@@ -52,7 +53,7 @@ def _batch(enc: VisionEncoder, rng: random.Random, n: int, digits: tuple[np.ndar
             dlabels.append(int(digits[1][k]))
         else:
             scene = world.sample_scene(rng)
-            size = rng.choice([48, 64, 96, 128, 160])
+            size = rng.choice([48, 64, 80, 96, 112, 128])  # the processor rescales: learn every source size
             images.append(world.render(scene, size=size, rng=rng, jitter=True))
             targets.append(scene_targets(scene))
             dlabels.append(-100)
@@ -88,6 +89,8 @@ def pretrain_vision(enc: VisionEncoder, *, steps: int, batch_size: int = 64, lr:
             if ok.any():
                 a = (logits.argmax(-1)[ok] == cells[..., j][ok]).float().mean().item()
                 acc[("color", "shape", "size")[j]] = 0.9 * acc.get(("color", "shape", "size")[j], a) + 0.1 * a
+        cell_ids = torch.arange(9, device=device).expand(feats.shape[0], 9)
+        loss = loss + 0.1 * F.cross_entropy(heads.cell(feats).flatten(0, 1), cell_ids.flatten())
         dl = heads.digit(feats.mean(1))
         dig = b["digit"].to(device)
         if (dig >= 0).any():
