@@ -75,7 +75,10 @@ def _digit(rng: random.Random, size: int, w: MixWeights) -> dict:
 def _caption(rng: random.Random, size: int, w: MixWeights) -> dict:
     scene = _train_scene(rng)
     request = CAPTION_REQUESTS[0] if rng.random() < 0.5 else rng.choice(CAPTION_REQUESTS)
-    text = caption(scene) if rng.random() < w.canonical else caption(scene, rng)
+    # The contract's request always gets the canonical caption (objects in reading order): one fixed order is
+    # far easier for a small model to enumerate without repeats or omissions than a shuffled one.
+    canonical = request == CAPTION_REQUESTS[0] or rng.random() < w.canonical
+    text = caption(scene) if canonical else caption(scene, rng)
     return {"conversations": [{"role": "user", "content": IMAGE + request}, {"role": "assistant", "content": text}],
             "images": [render(scene, size, rng, jitter=True)]}
 
