@@ -14,6 +14,7 @@ COMMANDS = [
     "minimind_v.train.cli_train",
     "minimind_v.eval.cli_eval",
     "minimind_v.infer.cli_infer",
+    "minimind_v.infer.server",
 ]
 
 

@@ -1,0 +1,213 @@
+"""The OpenAI chat-completions wire format: validate a request body, build response bodies and chunks.
+
+Validation is done by hand rather than by a pydantic model so that every mistake gets OpenAI's error shape,
+{"error": {"message", "type", "param", "code"}}, with `param` naming the exact field (e.g.
+`messages[0].content[1].image_url.url`), which is what OpenAI clients show their users.
+
+Content parts become our chat format: a user message's parts are joined with newlines and each `image_url`
+part becomes an `<image>` marker where it stands. A text that already places its own `<image>` markers must
+place exactly one per image part of that message.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..data.chat import IMAGE_MARKER, count_markers
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "audio",
+               "prediction", "logit_bias")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[dict[str, str]]  # our format: string content with <image> markers
+    images: list[tuple[str, str]]  # (url, param path) in reading order
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+def bad(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
+    return APIError(400, message, param, code)
+
+
+def _typed(body: dict, key: str, kinds: tuple[type, ...], what: str) -> Any:
+    v = body.get(key)
+    if v is None:
+        return None
+    if (isinstance(v, bool) and bool not in kinds) or not isinstance(v, kinds):
+        raise bad(f"{key} must be {what}, got {json.dumps(v)[:40]}", key, "invalid_type")
+    return v
+
+
+def _number(body: dict, key: str, lo: float, hi: float) -> float | None:
+    v = _typed(body, key, (int, float), "a number")
+    if v is not None and not (math.isfinite(v) and lo <= v <= hi):
+        raise bad(f"{key} must be between {lo:g} and {hi:g}, got {v}", key)
+    return v
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad(f"the request body is not valid JSON: {e}", None, "invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object", None, "invalid_type")
+    model = _typed(body, "model", (str,), "a string")
+    if not model:
+        raise bad("you must give a model (GET /v1/models lists them)", "model", "missing_required_parameter")
+    for key in UNSUPPORTED:
+        if body.get(key) not in (None, False, [], {}):
+            raise bad(f"{key} is not supported by this server", key, "unsupported_parameter")
+    if (n := _typed(body, "n", (int,), "an integer")) not in (None, 1):
+        raise bad(f"only n=1 is supported, got {n}", "n", "unsupported_value")
+    for key in ("frequency_penalty", "presence_penalty"):
+        if _number(body, key, -2, 2) not in (None, 0):
+            raise bad(f"{key} is not supported; use repetition_penalty", key, "unsupported_parameter")
+    fmt = _typed(body, "response_format", (dict,), "an object")
+    if fmt and fmt.get("type", "text") != "text":
+        raise bad("only text responses are supported", "response_format", "unsupported_value")
+    req = ChatRequest(model=model, messages=[], images=[])
+    req.messages, req.images = _messages(body.get("messages"))
+    req.stream = bool(_typed(body, "stream", (bool,), "true or false"))
+    opts = _typed(body, "stream_options", (dict,), "an object") or {}
+    req.include_usage = req.stream and bool(_typed(opts, "include_usage", (bool,), "true or false"))
+    for key in ("max_completion_tokens", "max_tokens"):  # the newer name wins when both are given
+        if (v := _typed(body, key, (int,), "an integer")) is not None:
+            if v < 1:
+                raise bad(f"{key} must be at least 1, got {v}", key)
+            req.max_tokens = v
+            break
+    req.temperature = _number(body, "temperature", 0, 2)
+    top_p = _number(body, "top_p", 0, 1)
+    req.top_p = 1.0 if top_p is None else top_p
+    req.top_k = _typed(body, "top_k", (int,), "an integer") or 0
+    if req.top_k < 0:
+        raise bad(f"top_k must be >= 0, got {req.top_k}", "top_k")
+    penalty = _number(body, "repetition_penalty", 0.01, 10)
+    req.repetition_penalty = 1.0 if penalty is None else penalty
+    req.seed = _typed(body, "seed", (int,), "an integer")
+    if req.seed is not None and not -2**63 <= req.seed < 2**63:
+        raise bad("seed must fit in 64 bits", "seed")
+    req.stop = _stop(body.get("stop"))
+    return req
+
+
+def _stop(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise bad("stop must be a string or a list of strings", "stop", "invalid_type")
+    if len(stops) > 4:
+        raise bad(f"stop takes at most 4 sequences, got {len(stops)}", "stop")
+    return [s for s in stops if s]
+
+
+def _messages(messages: Any) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
+    if not isinstance(messages, list) or not messages:
+        raise bad("messages must be a non-empty list", "messages", "invalid_type")
+    out: list[dict[str, str]] = []
+    images: list[tuple[str, str]] = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise bad(f"{where} must be an object with role and content", where, "invalid_type")
+        role = m.get("role")
+        if role not in ROLES:
+            raise bad(f"{where}.role must be one of {', '.join(ROLES)}, got {json.dumps(role)[:30]}",
+                      f"{where}.role")
+        text, urls = _content(m.get("content"), f"{where}.content", role)
+        images += urls
+        role = ROLES[role]
+        if out and out[-1]["role"] == role:  # consecutive turns of one speaker read as one turn
+            out[-1]["content"] += "\n" + text
+        else:
+            out.append({"role": role, "content": text})
+    return out, images
+
+
+def _content(content: Any, where: str, role: str) -> tuple[str, list[tuple[str, str]]]:
+    if isinstance(content, str):
+        parts: list[Any] = [{"type": "text", "text": content}]
+    elif isinstance(content, list) and content:
+        parts = content
+    else:
+        raise bad(f"{where} must be a string or a non-empty list of content parts", where, "invalid_type")
+    texts: list[str | None] = []  # None stands where an image part is
+    urls: list[tuple[str, str]] = []
+    for j, part in enumerate(parts):
+        p = f"{where}[{j}]" if isinstance(content, list) else where
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise bad(f"{p}.text must be a string", f"{p}.text", "invalid_type")
+            texts.append(part["text"])
+        elif kind == "image_url":
+            if role != "user":
+                raise bad(f"{p}: images are only allowed in user messages", p)
+            ref = part.get("image_url")
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            if not isinstance(url, str) or not url:
+                raise bad(f"{p}.image_url.url must be a string URL", f"{p}.image_url.url", "invalid_type")
+            urls.append((url, f"{p}.image_url.url"))
+            texts.append(None)
+        else:
+            raise bad(f"{p} must be a content part of type 'text' or 'image_url'", f"{p}.type", "invalid_type")
+    written = sum(count_markers(t) for t in texts if t is not None)
+    if written and written != len(urls):
+        raise bad(f"{where} writes {written} {IMAGE_MARKER} markers but has {len(urls)} images; write one marker "
+                  f"per image or none at all", where, "image_marker_mismatch")
+    if not written:  # the markers go where the image parts stand
+        texts = [IMAGE_MARKER if t is None else t for t in texts]
+    return "\n".join(t for t in texts if t is not None), urls
+
+
+def completion_body(req_id: str, model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
+    return {"id": req_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish, "logprobs": None}],
+            "usage": usage}
+
+
+def chunk(req_id: str, model: str, delta: dict[str, str], finish: str | None = None,
+          usage: dict[str, int] | None = None) -> str:
+    """One server-sent event of a streamed answer."""
+    body: dict[str, Any] = {"id": req_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                            "model": model}
+    body["choices"] = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+    if usage:
+        body["usage"] = usage
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def new_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -1,0 +1,61 @@
+"""Which models a front end offers: run directories named on the command line, or every run inside a folder.
+
+A run directory is recognised by its `config.json` (what training writes). Models get short names (the
+directory name) that clients use to pick one: the server's `model` field, the web demo's dropdown.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+
+def find_runs(paths: list[str | Path]) -> dict[str, Path]:
+    """name -> run directory, in the order given (a folder's runs sorted by name)."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "config.json").is_file():
+            runs.append(p)
+        elif p.is_dir():
+            found = sorted(d for d in p.iterdir() if (d / "config.json").is_file())
+            if not found:
+                raise FileNotFoundError(f"{str(p)!r} is neither a run directory (no config.json) nor a folder "
+                                        f"of run directories")
+            runs += found
+        else:
+            raise FileNotFoundError(f"model directory {str(p)!r} does not exist")
+    names: dict[str, Path] = {}
+    for run in runs:
+        name = run.resolve().name
+        if name in names and names[name].resolve() != run.resolve():
+            name = f"{run.resolve().parent.name}/{name}"  # two runs called alike: say where each lives
+        if name in names and names[name].resolve() != run.resolve():
+            raise ValueError(f"two different model directories are both called {name!r}: {names[name]} and {run}")
+        names[name] = run
+    return names
+
+
+class ModelPool:
+    """Loads each model the first time it is asked for and keeps it; thread-safe."""
+
+    def __init__(self, runs: dict[str, Path], device: str = "auto"):
+        if not runs:
+            raise ValueError("no models to serve")
+        self.runs, self.device = runs, device
+        self._loaded: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.runs)
+
+    def get(self, name: str) -> Any:
+        """The VLMChat called `name` (KeyError if there is none)."""
+        from .api import load
+
+        if name not in self.runs:
+            raise KeyError(name)
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = load(self.runs[name], device=self.device)
+            return self._loaded[name]
