@@ -1,0 +1,61 @@
+"""`minimind-v import` (official MiniMind-V / MiniMind weights -> run directory) and `minimind-v export`
+(run directory -> transformers directory)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="convert official MiniMind-V / MiniMind weights into a run directory",
+                       description="Convert an official .pth (loaded with weights_only=True) into a run directory "
+                                   "that every minimind-v command can use.")
+    p.add_argument("--format", required=True, choices=["minimind2-v", "minimind3-v", "minimind-llm"],
+                   help="minimind2-v: MiniMind2-V (CLIP, '@' x 196); minimind3-v: minimind-3v (SigLIP2, "
+                        "<|image_pad|> x 64); minimind-llm: an LLM alone (llm_512.pth style), a base for VLM training")
+    p.add_argument("--weights", required=True, help="the official .pth file")
+    p.add_argument("--vision", help="local vision encoder folder (CLIP ViT-B/16 or SigLIP2 P32); not for minimind-llm")
+    p.add_argument("--tokenizer", required=True, help="the release's tokenizer folder (tokenizer.json, ...)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--n-heads", type=int, default=None,
+                   help="attention heads (MiniMind2 weights do not record it; default 8, the official value)")
+    p.add_argument("--top-k", type=int, default=None, help="MoE experts per token (default: the release's, 2 or 1)")
+    p.add_argument("--copy-vision", action="store_true",
+                   help="copy the encoder into the run directory instead of referencing its folder")
+    p.set_defaults(func=run_import)
+
+    e = sub.add_parser("export", help="write a run directory as a transformers model directory",
+                       description="Write a transformers directory: AutoModelForCausalLM / AutoProcessor with "
+                                   "trust_remote_code=True, or with --llm-only a plain Llama / Qwen3 checkpoint.")
+    e.add_argument("--model", required=True, help="run directory")
+    e.add_argument("--out", required=True, help="directory to write")
+    e.add_argument("--llm-only", action="store_true",
+                   help="the language model alone, loadable without remote code (Llama / Qwen3 / Qwen3-MoE / "
+                        "Mixtral, whichever computes the same thing)")
+    e.set_defaults(func=run_export)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from .importer import import_official
+
+    out = import_official(args.format, args.weights, args.out, vision=args.vision, tokenizer=args.tokenizer,
+                          n_heads=args.n_heads, top_k=args.top_k, copy_vision=args.copy_vision)
+    if args.format == "minimind-llm":
+        print(f"wrote the LLM run directory {out}: start VLM training from it with --from-llm {out}, "
+              f"or export it with: minimind-v export --llm-only --model {out} --out DIR")
+    else:
+        print(f"wrote {out}; try: minimind-v ask --model {out} --image picture.png \"<image>\\n描述一下这个图像的内容。\"")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.llm_only:
+        from .hf_llm import export_llm_only
+
+        out = export_llm_only(args.model, args.out)
+        print(f"wrote {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}) loads it without remote code")
+    else:
+        from .hf_export import export_hf
+
+        out = export_hf(args.model, args.out)
+        print(f"wrote {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
+    return 0
