@@ -317,6 +317,21 @@ class SampleReader:
     def blocks(self) -> list[tuple[int, int]] | None:
         return self.rows.blocks() if hasattr(self.rows, "blocks") else None
 
+    def approx_lengths(self) -> np.ndarray:
+        """A cheap per-row size estimate (bytes of the row's text) for length-grouped batching."""
+        if isinstance(self.rows, JsonlRows):
+            ends = np.append(self.rows.offsets[1:], self.path.stat().st_size)
+            return ends - self.rows.offsets
+        if isinstance(self.rows, ParquetRows):
+            import pyarrow.compute as pc
+            import pyarrow.parquet as pq
+
+            col = "text" if "text" in self.rows.columns else "conversations"
+            parts = [pc.binary_length(pq.read_table(f, columns=[col]).column(col)).to_numpy(zero_copy_only=False)
+                     for f in self.rows.files]
+            return np.concatenate(parts)
+        raise ValueError("length-grouped batching needs a JSON-lines or parquet dataset")
+
     def record(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
         convs = parse_conversations(row.get("conversations", row.get("messages")))

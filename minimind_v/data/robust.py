@@ -22,19 +22,23 @@ from .formats import BadRow, SampleReader
 
 class RowDataset(Dataset):
     """`kind="chat"`: conversations (+ images) through `encode` (a SampleEncoder);
-    `kind="text"`: the `text` field through `encode` (a TextEncoder)."""
+    `kind="text"`: the `text` field through `encode` (a TextEncoder).
+    decode=False hands `encode` the images undecoded (bytes or paths), for the feature cache."""
 
-    def __init__(self, reader: SampleReader, encode: Callable[[Any], dict[str, torch.Tensor]], kind: str = "chat"):
+    def __init__(self, reader: SampleReader, encode: Callable[[Any], dict[str, torch.Tensor]], kind: str = "chat",
+                 decode: bool = True):
         if kind not in ("chat", "text"):
             raise ValueError(f"kind must be 'chat' or 'text', not {kind!r}")
-        self.reader, self.encode, self.kind = reader, encode, kind
+        self.reader, self.encode, self.kind, self.decode = reader, encode, kind, decode
 
     def __len__(self) -> int:
         return len(self.reader)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         try:
-            return self.encode(self.reader.text(i) if self.kind == "text" else self.reader[i])
+            if self.kind == "text":
+                return self.encode(self.reader.text(i))
+            return self.encode(self.reader[i] if self.decode else self.reader.record(i))
         except BadRow as e:
             return skip(i, e.reason, e.detail)
         except SampleTooLong as e:
@@ -77,6 +81,7 @@ class SkipCollate:
         good = [x for x in items if "skip" not in x]
         batch: dict[str, Any] = self.inner(good, pad_id=self.pad_id) if good else {}
         batch["skipped"] = [(x["skip"], x["index"], x["detail"]) for x in items if "skip" in x]
+        batch["n_samples"] = len(good)  # a packed batch has fewer rows than samples
         return batch
 
 
@@ -94,7 +99,7 @@ class SkipTally:
 
     def add(self, batch: dict[str, Any]) -> None:
         skipped = batch.get("skipped") or []
-        self.seen += len(skipped) + (len(batch["input_ids"]) if "input_ids" in batch else 0)
+        self.seen += len(skipped) + batch.get("n_samples", len(batch["input_ids"]) if "input_ids" in batch else 0)
         for reason, index, detail in skipped:
             self.counts[reason] += 1
             self.rows.add(index)

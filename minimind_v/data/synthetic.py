@@ -122,3 +122,29 @@ def write_chat_jsonl(path: str | Path, n: int, seed: int = 0) -> Path:
             f.write(json.dumps({"conversations": [{"role": "user", "content": q},
                                                   {"role": "assistant", "content": a}]}) + "\n")
     return Path(path)
+
+
+def write_tiny_encoder(kind: str, out: str | Path, image_size: int = 32, patch_size: int = 8,
+                       width: int = 32, seed: int = 0) -> Path:
+    """A randomly initialised CLIP or SigLIP vision tower + image processor in a folder, loadable like the
+    real ones (`--vision-path`): same classes and code path, seconds to build, for tests and dry runs."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+
+    from ..model.vision import _image_processor_classes
+
+    clip_proc, siglip_proc = _image_processor_classes()
+    torch.manual_seed(seed)
+    common = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=image_size, patch_size=patch_size)
+    if kind == "clip":
+        model = CLIPVisionModel(CLIPVisionConfig(**common, hidden_act="quick_gelu"))
+        proc = clip_proc(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    elif kind == "siglip":
+        model = SiglipVisionModel(SiglipVisionConfig(**common))
+        proc = siglip_proc(size={"height": image_size, "width": image_size})
+    else:
+        raise ValueError(f"kind must be 'clip' or 'siglip', not {kind!r}")
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return Path(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ def save_run(model: MiniMindVLM, tokenizer: Any, run_dir: str | Path, extra: dic
     tmp = run / "model.safetensors.tmp"
     save_file(weights_state_dict(model), str(tmp), metadata={"format": "pt"})
     tmp.replace(run / "model.safetensors")  # atomic: a crash never leaves half a model
-    (run / "config.json").write_text(json.dumps(cfg, indent=2))
+    tmp_cfg = run / "config.json.tmp"
+    tmp_cfg.write_text(json.dumps(cfg, indent=2))
+    tmp_cfg.replace(run / "config.json")
     save_tokenizer(tokenizer, run)
     return run
 
@@ -74,10 +77,25 @@ def read_config(run_dir: str | Path) -> tuple[VLMConfig, dict[str, Any]]:
     return cfg, extra
 
 
+def check_vision_hash(cfg: VLMConfig, extra: dict[str, Any]) -> bool:
+    """Warn when a referenced pretrained encoder is not the one the run was trained with. Returns True if it is."""
+    want = extra.get("vision_hash")
+    if not want or cfg.vision.kind == "scratch" or not Path(cfg.vision.path).is_dir():
+        return True
+    got = dir_hash(Path(cfg.vision.path))
+    if got != want:
+        warnings.warn(f"the vision encoder at {cfg.vision.path!r} has hash {got}, but this run was trained with "
+                      f"{want}: its answers may be garbage. Point the run at the original encoder folder.",
+                      stacklevel=3)
+        return False
+    return True
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MiniMindVLM, Any]:
     """Rebuild the model and tokenizer from a run directory, in eval mode."""
     run = Path(run_dir)
-    cfg, _ = read_config(run)
+    cfg, extra = read_config(run)
+    check_vision_hash(cfg, extra)
     model = MiniMindVLM(cfg)
     sd = load_file(str(run / "model.safetensors"))
     missing, unexpected = model.load_state_dict(sd, strict=False)

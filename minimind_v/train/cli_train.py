@@ -1,8 +1,9 @@
-"""`minimind-v quickstart`: train on the embedded default, evaluate, show answers."""
+"""`minimind-v quickstart` (the embedded default) and `minimind-v train ...` (the real-scale recipe)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 
 from .quickstart import QUICKSTART_PRESETS, run_quickstart
 
@@ -18,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers rendering the data")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     p.set_defaults(func=run)
+    _add_train_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,4 +31,114 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None:
         qs.workers = args.workers
     run_quickstart(args.out, qs, device=args.device, evaluate=not args.no_eval)
+    return 0
+
+
+STAGE_HELP = {
+    "llm-pretrain": "pretrain the language model on text JSON-lines {\"text\": ...}",
+    "llm-sft": "instruction-tune the language model on chat rows {\"conversations\": [...]}",
+    "pretrain": "VLM alignment on image-caption rows (default: only the projector trains)",
+    "sft": "VLM instruction tuning (default: projector + first and last LLM layers train)",
+}
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="the real-scale recipe: tokenizer, LLM pretrain/SFT, VLM pretrain/SFT")
+    tsub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    t = tsub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on text or chat JSON-lines")
+    t.add_argument("--data", required=True, help="JSON-lines with `text` or `conversations` (or parquet)")
+    t.add_argument("--out", required=True, help="tokenizer directory to write")
+    t.add_argument("--vocab-size", type=int, default=6400)
+    t.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+    t.set_defaults(func=run_tokenizer)
+
+    for stage, help_text in STAGE_HELP.items():
+        s = tsub.add_parser(stage, help=help_text)
+        s.add_argument("--data", required=True, help=".jsonl, .parquet (file or folder), or a saved datasets folder")
+        s.add_argument("--images", default=None, help="image folder of a .jsonl dataset (default: beside it)")
+        s.add_argument("--out", required=True, help="run directory to write")
+        s.add_argument("--from", dest="from_run", default=None,
+                       help="start from this run directory (an LLM run for llm-*, a VLM run for pretrain/sft)")
+        if stage == "llm-pretrain":
+            s.add_argument("--tokenizer", default=None, help="tokenizer directory (for a fresh LLM)")
+            s.add_argument("--preset", default="minimind2-small", help="LLM size preset for a fresh LLM")
+        else:
+            s.set_defaults(tokenizer=None, preset=None)
+        if stage in ("pretrain", "sft"):
+            s.add_argument("--from-llm", default=None, help="an LLM (or VLM) run whose language model to start from")
+            s.add_argument("--vision", default="siglip2-b32", help="encoder recipe: siglip2-b32 | clip-b16")
+            s.add_argument("--vision-path", default=None, help="local folder of the pretrained encoder")
+            s.add_argument("--merge", type=int, default=1, help="k x k pixel-shuffle token merge (1 = off)")
+            s.add_argument("--projector", default=None, choices=["linear", "mlp"], help="override the recipe's")
+            s.add_argument("--freeze-llm", type=int, default=None, choices=[0, 1, 2],
+                           help="0: whole LLM trains; 1: first + last layer; 2: projector only")
+            s.add_argument("--feature-cache", default=None,
+                           help="folder caching the frozen encoder's features (computed once, reused)")
+            s.add_argument("--lr-projector", type=float, default=0.0, help="projector learning rate (0 = --lr)")
+        else:
+            s.set_defaults(from_llm=None, vision=None, vision_path=None, merge=1, projector=None,
+                           freeze_llm=None, feature_cache=None, lr_projector=0.0)
+        s.add_argument("--steps", type=int, default=0, help="optimizer steps (0: from --epochs)")
+        s.add_argument("--epochs", type=float, default=0, help="epochs (0: the stage's default)")
+        s.add_argument("--batch-size", type=int, default=0, help="samples per micro-batch per process")
+        s.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
+        s.add_argument("--max-len", type=int, default=0, help="maximum tokens per sample (longer rows skip)")
+        s.add_argument("--lr", type=float, default=0.0, help="peak learning rate (0: the stage's default)")
+        s.add_argument("--lr-llm", type=float, default=0.0, help="LLM learning rate (0 = --lr)")
+        s.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of lr")
+        s.add_argument("--warmup", type=int, default=0)
+        s.add_argument("--weight-decay", type=float, default=0.01)
+        s.add_argument("--grad-clip", type=float, default=1.0)
+        s.add_argument("--pack", action="store_true", help="pack several samples per row (no cross-attention)")
+        s.add_argument("--group-by-length", action="store_true", help="batch rows of similar length together")
+        s.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="autocast precision (auto: bf16 on a CUDA GPU that has it, else fp32)")
+        s.add_argument("--compile", action="store_true", help="torch.compile the decoder blocks")
+        s.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (under torchrun: one GPU per rank)")
+        s.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+        s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--log-every", type=int, default=10)
+        s.add_argument("--log-to", default="", help="tensorboard and/or wandb (comma-separated; optional extras)")
+        s.add_argument("--save-every", type=int, default=500, help="steps between resumable checkpoints")
+        s.add_argument("--resume", action="store_true", help="continue from OUT/resume.safetensors")
+        s.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .pipeline import run_stage
+
+    try:
+        run_stage(args)
+    except KeyboardInterrupt as e:
+        print(f"minimind-v train {args.stage}: {e or 'interrupted'}")
+        return 130
+    return 0
+
+
+def run_tokenizer(args: argparse.Namespace) -> int:
+    from ..data.formats import BadRow, SampleReader, parse_conversations
+    from ..data.tokenizer import train_tokenizer
+
+    reader = SampleReader(args.data)
+    n = min(len(reader), args.limit) if args.limit else len(reader)
+
+    def texts():
+        for i in range(n):
+            try:
+                row = reader.rows[i]
+            except BadRow:
+                continue
+            if isinstance(row.get("text"), str):
+                yield row["text"]
+                continue
+            try:
+                convs = parse_conversations(row.get("conversations"))
+            except BadRow:
+                continue
+            yield from (m["content"].replace("<image>", " ") for m in convs if isinstance(m["content"], str))
+
+    tok = train_tokenizer(texts(), vocab_size=args.vocab_size, out_dir=args.out)
+    print(json.dumps({"out": args.out, "vocab": len(tok), "rows": n}))
     return 0
