@@ -148,3 +148,19 @@ def write_tiny_encoder(kind: str, out: str | Path, image_size: int = 32, patch_s
     model.save_pretrained(out)
     proc.save_pretrained(out)
     return Path(out)
+
+
+def write_tiny_llm_run(out: str | Path, seed: int = 0) -> Path:
+    """A random tiny LLM run directory (tokenizer learnt from WORDS) to start VLM stages from in a dry run."""
+    import torch
+
+    from ..config import llm_preset
+    from ..train.llm_stages import LMOnly, save_llm_run
+    from .tokenizer import train_tokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) + ". Describe the picture?" for _ in range(200)]
+    tok = train_tokenizer(texts, vocab_size=320)
+    model = LMOnly(llm_preset("shapes-tiny", vocab_size=64 * -(-len(tok) // 64)))
+    return save_llm_run(model, tok, out)
