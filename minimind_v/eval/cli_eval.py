@@ -1,32 +1,91 @@
-"""`minimind-v eval`: the shapes-world suite on a trained model."""
+"""`minimind-v eval` (what a model answers) and `minimind-v bench` (how fast it learns and talks).
+
+    minimind-v eval --model runs/quickstart                       # shapes-world suite + held-out digits
+    minimind-v eval --model runs/x --data my_set.jsonl --no-shapes # your own image questions
+    minimind-v bench --preset minimind3-small --vision DIR --batch-size 4 --max-len 768 --out bench.json
+"""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a model on held-out shapes-world scenes and digits")
+    p = sub.add_parser("eval", help="evaluate a model: shapes-world kinds, held-out digits, your JSON-lines sets")
     p.add_argument("--model", required=True, help="run directory")
-    p.add_argument("--n-per-kind", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-per-kind", type=int, default=50, help="held-out scenes per question kind")
+    p.add_argument("--seed", type=int, default=0, help="which held-out scenes (same seed -> same items)")
     p.add_argument("--image-size", type=int, default=96, help="side of the rendered evaluation images")
-    p.add_argument("--out", default=None, help="folder for eval.json / eval.md (default: the model's folder)")
+    p.add_argument("--digits", type=int, default=360, help="held-out digits to ask about (0..360)")
+    p.add_argument("--no-shapes", action="store_true", help="skip the shapes-world suite and the digits")
+    p.add_argument("--data", action="append", default=[], metavar="FILE.jsonl",
+                   help="a JSON-lines set of image questions with reference answers (repeatable)")
+    p.add_argument("--image-dir", default=None, help="folder the --data image paths are relative to")
+    p.add_argument("--limit", type=int, default=None, help="at most this many questions per --data file")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit (captions: --caption-tokens)")
+    p.add_argument("--caption-tokens", type=int, default=128)
+    p.add_argument("--grid", type=int, default=24, help="examples in the PNG grid (0: no grid)")
+    p.add_argument("--out", default=None, help="folder for eval.json / eval.md / eval_grid.png (default: --model)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run)
+
+    from .bench import add_bench_arguments
+
+    b = sub.add_parser("bench", help="measure training and decoding speed, FLOPs utilisation and memory")
+    add_bench_arguments(b)
+    b.set_defaults(func=run_bench)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..infer.api import load
+    from .grid import draw_grid, pick_examples
+    from .jsonl_eval import evaluate_jsonl, jsonl_table, load_jsonl
     from .shapes import evaluate_shapes, markdown_table
 
+    if args.no_shapes and not args.data:
+        raise ValueError("nothing to evaluate: --no-shapes without any --data file")
+    if not 0 <= args.digits <= 360:
+        raise ValueError(f"--digits must be in 0..360, got {args.digits}")
+    sets = [(Path(f), load_jsonl(f, args.image_dir, args.limit)) for f in args.data]  # fail before loading
     vlm = load(args.model, device=args.device)
-    ev = evaluate_shapes(vlm, n_per_kind=args.n_per_kind, seed=args.seed, image_size=args.image_size)
+    report: dict[str, Any] = {"model": str(Path(args.model).resolve()), "seed": args.seed}
+    md: list[str] = []
+    shown: list[dict[str, Any]] = []  # grid candidates: (row, item) pairs of every suite
+    if not args.no_shapes:
+        ev = evaluate_shapes(vlm, n_per_kind=args.n_per_kind, seed=args.seed, image_size=args.image_size,
+                             batch_size=args.batch_size, n_digits=args.digits, max_new_tokens=args.max_new_tokens,
+                             caption_tokens=args.caption_tokens)
+        report["shapes"] = {k: v for k, v in ev.items() if k != "items"}
+        md += [f"## Shapes world (seed {args.seed}, {args.image_size} px) and held-out digits", "",
+               markdown_table(ev["summary"]), ""]
+        shown += [{**r, "images": it["images"], "expected": r["key"]} for r, it in zip(ev["rows"], ev["items"])]
+    for path, items in sets:
+        ev = evaluate_jsonl(vlm, items, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+        report.setdefault("data", {})[str(path)] = ev
+        md += [f"## {path.name}", "", jsonl_table(ev["summary"]), ""]
+        shown += [{**r, "images": it["images"], "expected": " | ".join(r["references"])}
+                  for r, it in zip(ev["rows"], items)]
     out = Path(args.out or args.model)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps({k: v for k, v in ev.items() if k != "rows"}, indent=2))
-    table = markdown_table(ev["summary"])
-    (out / "eval.md").write_text(table + "\n")
-    print(table)
+    (out / "eval.json").write_text(json.dumps(report, indent=1))
+    (out / "eval.md").write_text("\n".join(md))
+    if args.grid > 0 and shown:
+        draw_grid([shown[i] for i in pick_examples(shown, args.grid, args.seed)], out / "eval_grid.png")
+    print("\n".join(md))
+    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}" + (f", {out / 'eval_grid.png'}" if args.grid else ""))
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_from_args
+
+    result = bench_from_args(args)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
     return 0

@@ -1,0 +1,397 @@
+"""`minimind-v bench`: how fast a model trains and decodes, and how much memory it takes.
+
+Training is timed exactly as the trainer runs it (`trainer.lm_loss`, AdamW, clipping, autocast), one phase at a
+time: data (read + tokenise + image preprocessing + collate, in this process), vision (the encoder's forward),
+LLM forward (projector + splice + decoder + loss), backward, optimizer. Every figure is reported as
+min / median / max over `repeats` groups of `steps` steps, after `warmup` steps.
+
+Model FLOPs utilisation counts 6 FLOPs per trainable parameter per token (forward + backward) for the decoder,
+6 per vocabulary row per labelled token for the head (logits exist only where a label does), 6 per projector
+parameter per image token, and 2 per encoder parameter per patch for a frozen encoder (forward only). Attention's
+T^2 term is left out, so MFU is slightly understated. Tokens are real (non-padding) tokens: compute spent on
+padding is waste and lowers MFU. The peak is `--peak-tflops`, or else a matmul measured here in the same dtype.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from PIL import Image, ImageDraw
+
+from ..config import VisionConfig, VLMConfig, llm_preset
+from ..data.chat import encode_conversation, encode_prompt
+from ..data.collate import IGNORE, SampleEncoder, collate
+from ..infer.generate import GenerationConfig, generate_stream
+from ..model.vlm import MiniMindVLM
+from ..train.stages import apply_freeze
+from ..train.trainer import TrainConfig, autocast, lm_loss, make_optimizer, pick_device, to_device
+from .memory import PeakMemory
+
+WORDS = ("the a red blue green small large round square cat dog car tree house sky cloud sun river road bird "
+         "flower picture shows there is an with on in of and near under over bright dark shape left right").split()
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="shapes-tiny", help="LLM preset (see config.LLM_PRESETS)")
+    p.add_argument("--model", default=None, help="bench an existing run directory instead of a fresh preset")
+    p.add_argument("--vision", default="scratch",
+                   help="'scratch' (the embedded encoder) or a local CLIP/SigLIP folder (frozen, as in the reference)")
+    p.add_argument("--projector", default="mlp", choices=["mlp", "linear"])
+    p.add_argument("--data", default=None, help="parquet / JSON-lines set to read (default: synthetic rows)")
+    p.add_argument("--words", default="20,120", help="synthetic answers: min,max words")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-len", type=int, default=256, help="longer samples are cut here, as the reference does")
+    p.add_argument("--group-by-length", action="store_true",
+                   help="batch samples of similar length together (within windows of 64 batches)")
+    p.add_argument("--freeze-llm", type=int, default=0, choices=[0, 1, 2])
+    p.add_argument("--dtype", action="append", choices=["fp32", "bf16", "fp16"],
+                   help="repeatable; default fp32, plus bf16 when the device runs bf16 matmuls at full speed")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3, help="training steps per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--decode-batch", type=int, default=8, help="the batched decoding figure's batch size")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU (else measured)")
+    p.add_argument("--only", default="train,decode", help="comma list of: train, decode")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also write the JSON here")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What is measured on: a model and a stream of samples.
+
+
+def build_model(preset: str, vision: str, projector: str, max_len: int, seed: int = 0) -> MiniMindVLM:
+    """A fresh model: the preset's decoder and either the embedded encoder or a local pretrained one."""
+    llm = llm_preset(preset)
+    llm = llm_preset(preset, max_seq_len=max(llm.max_seq_len, max_len))
+    if vision == "scratch":
+        vcfg = VisionConfig()
+    else:
+        cfg_file = Path(vision) / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"--vision {vision!r} is neither 'scratch' nor an encoder folder with config.json")
+        kind = "siglip" if json.loads(cfg_file.read_text()).get("model_type", "").startswith("siglip") else "clip"
+        vcfg = VisionConfig(kind=kind, path=str(vision))
+    torch.manual_seed(seed)
+    return MiniMindVLM(VLMConfig(llm=llm, vision=vcfg, projector=projector))
+
+
+def synthetic_samples(n: int, words: tuple[int, int], image_size: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Describe-the-picture conversations on random shapes, answers of words[0]..words[1] words."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        im = Image.new("RGB", (image_size, image_size), tuple(rng.randint(0, 255) for _ in range(3)))
+        d = ImageDraw.Draw(im)
+        for _ in range(rng.randint(2, 6)):
+            x0, y0 = rng.randint(0, image_size - 8), rng.randint(0, image_size - 8)
+            box = [x0, y0, rng.randint(x0 + 4, image_size), rng.randint(y0 + 4, image_size)]
+            (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=tuple(rng.randint(0, 255) for _ in range(3)))
+        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) + "."
+        out.append({"conversations": [{"role": "user", "content": "<image>\nDescribe this image."},
+                                      {"role": "assistant", "content": answer}], "images": [im]})
+    return out
+
+
+class CutEncoder(SampleEncoder):
+    """SampleEncoder that cuts a too-long conversation at max_len (as the reference does) instead of refusing it.
+
+    Only benchmarks use this: cutting is safe here because the image run comes first in every sample."""
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, torch.Tensor]:
+        ids, labels = encode_conversation(self.tokenizer, sample["conversations"],
+                                          tokens_per_image=self.tokens_per_image, image_token=self.image_token)
+        out = {"input_ids": torch.tensor(ids[:self.max_len]), "labels": torch.tensor(labels[:self.max_len])}
+        if sample.get("images"):
+            out["pixel_values"] = self.preprocess(sample["images"])
+        return out
+
+
+def length_grouped_order(lengths: list[int], batch_size: int, window: int = 64, seed: int = 0) -> list[int]:
+    """Shuffle, then sort each window of `window` batches by length: batches hold similar lengths (little
+    padding) while the order across windows stays random. Batches are shuffled within the window too."""
+    rng = random.Random(seed)
+    order = rng.sample(range(len(lengths)), len(lengths))
+    out: list[int] = []
+    span = window * batch_size
+    for s in range(0, len(order), span):
+        chunk = sorted(order[s:s + span], key=lambda i: lengths[i])
+        batches = [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        out += [i for b in batches for i in b]
+    return out
+
+
+def batch_stream(rows: Any, encode: Callable, batch_size: int, order: list[int]) -> Iterator[dict[str, Any]]:
+    """Batches read, encoded and collated in this process, cycling over `order` forever."""
+    k = 0
+    while True:
+        idx = [order[(k + j) % len(order)] for j in range(batch_size)]
+        k += batch_size
+        yield collate([encode(rows[i]) for i in idx])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Timing helpers.
+
+
+def summary(xs: list[float], digits: int = 4) -> dict[str, float]:
+    return {"min": round(min(xs), digits), "median": round(statistics.median(xs), digits),
+            "max": round(max(xs), digits), "n": len(xs)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_tflops(device: torch.device, dtype: str, reps: int = 6) -> float:
+    """The best of `reps` square matmuls in `dtype`: a practical peak for this device."""
+    n = 4096 if device.type == "cuda" else 512  # 512 is already at full speed on CPU, and quick where bf16 is slow
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
+    best = float("inf")
+    for _ in range(reps + 1):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e12
+
+
+class _WithFeatures:
+    """Looks like the VLM to `lm_loss`, but splices in image features the bench computed (and timed) already."""
+
+    def __init__(self, model: MiniMindVLM, feats: torch.Tensor | None):
+        self.model, self.feats, self.llm = model, feats, model.llm
+
+    def __call__(self, input_ids: torch.Tensor, pixel_values: Any = None, **kw: Any):
+        embeds = None if self.feats is None else self.model.projector(self.feats.to(self.model.projector_dtype))
+        return self.model(input_ids, None, image_embeds=embeds, **kw)
+
+
+def flops_per_step(model: MiniMindVLM, batch: dict[str, torch.Tensor]) -> float:
+    """Model FLOPs of one training step (see the module docstring for what is counted)."""
+    llm = model.llm
+    train_llm = sum(p.numel() for n, p in llm.named_parameters() if p.requires_grad and "embed_tokens" not in n)
+    head = llm.cfg.vocab_size * llm.cfg.dim if llm.lm_head.weight.requires_grad else 0
+    real = int(batch["attention_mask"].sum())
+    labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
+    flops = 6 * train_llm * real + 6 * head * labelled
+    n_images = int(batch["pixel_values"].shape[0]) if "pixel_values" in batch else 0
+    if n_images:
+        proj = sum(p.numel() for p in model.projector.parameters())
+        tcfg = model.vision.tower.config
+        patches = (tcfg.image_size // tcfg.patch_size) ** 2 + (1 if model.vision.is_clip else 0)
+        vis = sum(p.numel() for p in model.vision.parameters())
+        vis_mult = 6 if any(p.requires_grad for p in model.vision.parameters()) else 2
+        flops += 6 * proj * model.tokens_per_image * n_images + vis_mult * vis * patches * n_images
+    return float(flops)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The two measurements.
+
+
+def bench_train(model: MiniMindVLM, batches: Iterator[dict[str, Any]], *, device: torch.device, dtype: str,
+                warmup: int, steps: int, repeats: int, peak_tflops: float | None) -> dict[str, Any]:
+    model.to(device).train()
+    opt = make_optimizer(model, TrainConfig(lr=1e-4))
+    frozen_vision = not any(p.requires_grad for p in model.vision.parameters())
+    groups: list[list[dict[str, float]]] = []
+    shapes = []
+    for step in range(warmup + steps * repeats):
+        t0 = time.perf_counter()
+        batch = to_device(next(batches), device)
+        _sync(device)
+        t1 = time.perf_counter()
+        with autocast(device, dtype):
+            feats = None
+            if "pixel_values" in batch:
+                with torch.set_grad_enabled(not frozen_vision):
+                    feats = model.vision(batch["pixel_values"])
+            _sync(device)
+            t2 = time.perf_counter()
+            loss, aux = lm_loss(_WithFeatures(model, feats), batch)
+            total = loss + aux
+        _sync(device)
+        t3 = time.perf_counter()
+        total.backward()
+        _sync(device)
+        t4 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        t5 = time.perf_counter()
+        if step < warmup:
+            continue
+        if (step - warmup) % steps == 0:
+            groups.append([])
+        shapes.append(list(batch["input_ids"].shape))
+        groups[-1].append({"data_s": t1 - t0, "vision_s": t2 - t1, "llm_forward_s": t3 - t2, "backward_s": t4 - t3,
+                           "optimizer_s": t5 - t4, "step_s": t5 - t0, "samples": batch["input_ids"].shape[0],
+                           "tokens": int(batch["attention_mask"].sum()), "padded_tokens": batch["input_ids"].numel(),
+                           "flops": flops_per_step(model, batch), "loss": loss.item()})
+    per_repeat: dict[str, list[float]] = {k: [] for k in ("samples_per_s", "tokens_per_s", "padded_tokens_per_s",
+                                                          "step_s", "data_s", "vision_s", "llm_forward_s",
+                                                          "backward_s", "optimizer_s", "achieved_tflops")}
+    for g in groups:
+        wall = sum(r["step_s"] for r in g)
+        per_repeat["samples_per_s"].append(sum(r["samples"] for r in g) / wall)
+        per_repeat["tokens_per_s"].append(sum(r["tokens"] for r in g) / wall)
+        per_repeat["padded_tokens_per_s"].append(sum(r["padded_tokens"] for r in g) / wall)
+        per_repeat["achieved_tflops"].append(sum(r["flops"] for r in g) / wall / 1e12)
+        for k in ("step_s", "data_s", "vision_s", "llm_forward_s", "backward_s", "optimizer_s"):
+            per_repeat[k].append(sum(r[k] for r in g) / len(g))
+    out: dict[str, Any] = {k: summary(v, 6 if k == "achieved_tflops" else 4) for k, v in per_repeat.items()}
+    if peak_tflops:
+        out["mfu"] = summary([t / peak_tflops for t in per_repeat["achieved_tflops"]])
+    out["samples_per_min"] = summary([60 * s for s in per_repeat["samples_per_s"]], 2)
+    out["batch_shapes"] = shapes
+    out["last_loss"] = round(groups[-1][-1]["loss"], 4)
+    return out
+
+
+def bench_decode(model: MiniMindVLM, tokenizer: Any, *, device: torch.device, dtype: str, new_tokens: int,
+                 batch_sizes: list[int], repeats: int, image_size: int) -> dict[str, Any]:
+    """Greedy decoding of `new_tokens` tokens (no early stop) for one image + question, per batch size:
+    time to first token (image preprocessing + encoder + prefill) and decode tokens/s after it."""
+    model.to(device).eval()
+    prompt = encode_prompt(tokenizer, [{"role": "user", "content": "<image>\nDescribe this image."}],
+                           tokens_per_image=model.tokens_per_image, image_token=model.cfg.image_token)
+    image = synthetic_samples(1, (1, 1), image_size, seed=1)[0]["images"][0]
+    gen = GenerationConfig(max_new_tokens=new_tokens)  # no stop ids: always the full count
+    out: dict[str, Any] = {"prompt_tokens": len(prompt), "new_tokens": new_tokens}
+    for b in batch_sizes:
+        ttft, rate = [], []
+        for r in range(repeats + 1):
+            with autocast(device, dtype):
+                t0 = time.perf_counter()
+                pixels = model.vision.preprocess([image] * b).to(device)
+                stream = generate_stream(model, [prompt] * b, pixels, gen)
+                next(stream)
+                _sync(device)
+                t1 = time.perf_counter()
+                n = 1 + sum(1 for _ in stream)
+                _sync(device)
+                t2 = time.perf_counter()
+            if r:  # the first run warms up
+                ttft.append(t1 - t0)
+                rate.append(b * (n - 1) / (t2 - t1))
+        out[f"batch{b}"] = {"time_to_first_token_s": summary(ttft), "decode_tokens_per_s": summary(rate, 1)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Putting it together.
+
+
+def _tokenizer_for(rows: Any, n: int, vocab_size: int) -> Any:
+    from ..data.tokenizer import train_tokenizer
+
+    texts = [m["content"] for i in range(min(n, len(rows))) for m in _record(rows, i)["conversations"]]
+    return train_tokenizer(texts, vocab_size=vocab_size)
+
+
+def _record(rows: Any, i: int) -> dict[str, Any]:
+    return rows.record(i) if hasattr(rows, "record") else rows[i]
+
+
+def bench_from_args(a: argparse.Namespace) -> dict[str, Any]:
+    device = pick_device(a.device)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    sections = {s.strip() for s in a.only.split(",") if s.strip()}
+    if not sections or sections - {"train", "decode"}:
+        raise ValueError(f"--only takes a comma list of train, decode; got {a.only!r}")
+    mem = PeakMemory(device)
+    if a.model:
+        from ..train.checkpoint import load_run
+
+        model, tok = load_run(a.model, "cpu")
+    else:
+        model, tok = build_model(a.preset, a.vision, a.projector, a.max_len, a.seed), None
+    loaded = mem.read()
+    peaks = {dt: (a.peak_tflops or matmul_peak_tflops(device, dt)) for dt in (a.dtype or ["fp32", "bf16"])
+             if dt != "fp16" or device.type == "cuda"}
+    dtypes = a.dtype or ["fp32"] + (["bf16"] if peaks.get("bf16", 0) >= 0.5 * peaks["fp32"] else [])
+    res: dict[str, Any] = {
+        "env": {"torch": torch.__version__, "device": device_name(device), "threads": torch.get_num_threads(),
+                "python": platform.python_version()},
+        "config": {k: v for k, v in vars(a).items() if k not in ("func", "command")},
+        "params_M": {"llm": round(model.llm.num_parameters() / 1e6, 3),
+                     "projector": round(sum(p.numel() for p in model.projector.parameters()) / 1e6, 3),
+                     "vision": round(sum(p.numel() for p in model.vision.parameters()) / 1e6, 3)},
+        "peak_tflops": {k: round(v, 4) for k, v in peaks.items()},
+        "peak_source": "--peak-tflops" if a.peak_tflops else "measured matmul",
+        "dtypes": dtypes,
+        "memory_mb": {"after_load": loaded},
+    }
+    if "bf16" not in dtypes and "bf16" in peaks and not a.dtype:
+        res["bf16_skipped"] = (f"bf16 matmuls run at {peaks['bf16'] * 1e3:.1f} GFLOPS here against "
+                               f"{peaks['fp32'] * 1e3:.1f} in fp32: no native bf16 on this device")
+    if "train" in sections:
+        if a.data:
+            from ..data.formats import SampleReader
+
+            rows: Any = SampleReader(a.data)
+        else:
+            lo, hi = (int(x) for x in a.words.split(","))
+            rows = synthetic_samples(a.batch_size * max(4, a.steps), (lo, hi), model.vision.image_size, a.seed)
+        tok = tok or _tokenizer_for(rows, 400, model.cfg.llm.vocab_size)
+        if len(tok) > model.cfg.llm.vocab_size:
+            raise ValueError(f"tokenizer has {len(tok)} tokens, more than the model's vocabulary")
+        apply_freeze(model, a.freeze_llm)
+        enc = CutEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, a.max_len)
+        order = list(range(len(rows)))
+        if a.group_by_length:
+            lens = [len(encode_conversation(tok, _record(rows, i)["conversations"], tokens_per_image=
+                                            model.tokens_per_image, image_token=model.cfg.image_token)[0])
+                    for i in order]
+            order = length_grouped_order([min(n, a.max_len) for n in lens], a.batch_size, seed=a.seed)
+        init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        res["train"] = {}
+        for dt in dtypes:
+            model.load_state_dict(init)  # every dtype starts from the same weights
+            mem.reset()
+            r = bench_train(model, batch_stream(rows, enc, a.batch_size, order), device=device, dtype=dt,
+                            warmup=a.warmup, steps=a.steps, repeats=a.repeats, peak_tflops=peaks.get(dt))
+            r["peak_memory_mb"] = mem.read()
+            res["train"][dt] = r
+    if "decode" in sections:
+        if tok is None:
+            rows = synthetic_samples(64, (20, 120), model.vision.image_size, a.seed)
+            tok = _tokenizer_for(rows, 64, model.cfg.llm.vocab_size)
+        res["decode"] = {}
+        for dt in dtypes:
+            mem.reset()
+            r = bench_decode(model, tok, device=device, dtype=dt, new_tokens=a.decode_tokens,
+                             batch_sizes=sorted({1, a.decode_batch}), repeats=a.repeats,
+                             image_size=model.vision.image_size)
+            r["peak_memory_mb"] = mem.read()
+            res["decode"][dt] = r
+    return res
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({torch.backends.cpu.get_cpu_capability()})"
+    except OSError:
+        pass
+    return platform.processor() or device.type

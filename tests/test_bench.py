@@ -1,0 +1,126 @@
+"""`minimind-v bench` at tiny scale: the JSON it writes, and the pieces its figures rest on."""
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from minimind_v.cli import main
+from minimind_v.data.collate import collate
+from minimind_v.data.tokenizer import train_tokenizer
+from minimind_v.eval.bench import (CutEncoder, _WithFeatures, build_model, flops_per_step, length_grouped_order,
+                                   summary, synthetic_samples)
+from minimind_v.eval.memory import PeakMemory
+from minimind_v.train.trainer import lm_loss
+
+TINY = ["--preset", "shapes-tiny", "--batch-size", "2", "--max-len", "96", "--warmup", "1", "--steps", "1",
+        "--repeats", "2", "--decode-tokens", "4", "--decode-batch", "2", "--dtype", "fp32", "--peak-tflops", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_tok():
+    model = build_model("shapes-tiny", "scratch", "mlp", 96)
+    rows = synthetic_samples(6, (3, 40), model.vision.image_size)
+    tok = train_tokenizer([m["content"] for r in rows for m in r["conversations"]], vocab_size=400)
+    return model, tok, rows
+
+
+def test_bench_json_has_every_figure(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", *TINY, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res == json.loads(capsys.readouterr().out)
+    train = res["train"]["fp32"]
+    for key in ("samples_per_s", "tokens_per_s", "data_s", "vision_s", "llm_forward_s", "backward_s", "optimizer_s",
+                "step_s", "mfu", "achieved_tflops"):
+        s = train[key]
+        assert s["n"] == 2 and s["min"] <= s["median"] <= s["max"], key
+    phases = sum(train[k]["median"] for k in ("data_s", "vision_s", "llm_forward_s", "backward_s", "optimizer_s"))
+    assert phases == pytest.approx(train["step_s"]["median"], rel=0.3)
+    assert train["mfu"]["median"] == pytest.approx(train["achieved_tflops"]["median"] / 0.05, rel=0.01)
+    assert all(shape[0] == 2 and shape[1] <= 96 for shape in train["batch_shapes"])
+    dec = res["decode"]["fp32"]
+    for b in ("batch1", "batch2"):
+        assert dec[b]["decode_tokens_per_s"]["median"] > 0 and dec[b]["time_to_first_token_s"]["min"] > 0
+    assert train["peak_memory_mb"]["peak_mb"] > 50 and res["params_M"]["llm"] > 0
+    assert res["peak_source"] == "--peak-tflops" and res["dtypes"] == ["fp32"]
+
+
+def test_bench_reads_a_parquet_set_and_groups_lengths(tmp_path, capsys):
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), "red").save(buf, format="JPEG")
+    convs = [json.dumps([{"role": "user", "content": "<image>\nDescribe."},
+                         {"role": "assistant", "content": "red " * n}]) for n in (2, 30, 3, 28, 4, 26, 5, 27)]
+    pq.write_table(pa.table({"conversations": convs, "image_bytes": [buf.getvalue()] * 8}), tmp_path / "d.parquet")
+    args = ["bench", *TINY, "--data", str(tmp_path / "d.parquet"), "--only", "train", "--group-by-length"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert "decode" not in res
+    widths = sorted(s[1] for s in res["train"]["fp32"]["batch_shapes"])
+    assert widths[0] < widths[-1] - 20  # ungrouped, every batch pairs a short and a long sample
+
+
+def test_bench_refuses_bad_sections_and_vision(capsys):
+    assert main(["bench", *TINY, "--only", "train,fly"]) == 2
+    assert "--only" in capsys.readouterr().err
+    assert main(["bench", *TINY, "--vision", "/no/such/encoder"]) == 2
+
+
+def test_bench_loss_is_the_trainers_loss(tiny_model_and_tok):
+    model, tok, rows = tiny_model_and_tok
+    enc = CutEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, 96)
+    batch = collate([enc(r) for r in rows[:3]])
+    with torch.no_grad():
+        ref, _ = lm_loss(model, batch)
+        ours, _ = lm_loss(_WithFeatures(model, model.vision(batch["pixel_values"])), batch)
+    assert float(ours) == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_cut_encoder_cuts_like_the_reference(tiny_model_and_tok):
+    model, tok, rows = tiny_model_and_tok
+    long = {**rows[0], "conversations": [rows[0]["conversations"][0],
+                                         {"role": "assistant", "content": "red blue " * 200}]}
+    enc = CutEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, 50)
+    out = enc(long)
+    assert len(out["input_ids"]) == len(out["labels"]) == 50
+    assert int((out["input_ids"] == model.cfg.image_token_id).sum()) == model.tokens_per_image
+
+
+def test_flops_per_step_counts_what_the_docstring_says(tiny_model_and_tok):
+    model, tok, rows = tiny_model_and_tok
+    enc = CutEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, 96)
+    batch = collate([enc(r) for r in rows[:2]])
+    llm = model.llm
+    body = sum(p.numel() for n, p in llm.named_parameters() if "embed_tokens" not in n)
+    real, labelled = int(batch["attention_mask"].sum()), int((batch["labels"][:, 1:] != -100).sum())
+    tcfg = model.vision.tower.config
+    patches = (tcfg.image_size // tcfg.patch_size) ** 2 + 1
+    expected = (6 * body * real + 6 * llm.cfg.vocab_size * llm.cfg.dim * labelled
+                + 6 * sum(p.numel() for p in model.projector.parameters()) * model.tokens_per_image * 2
+                + 2 * sum(p.numel() for p in model.vision.parameters()) * patches * 2)
+    assert flops_per_step(model, batch) == expected
+
+
+def test_length_grouped_order_is_a_permutation_with_less_padding():
+    lengths = [(i * 37) % 200 + 10 for i in range(256)]
+    order = length_grouped_order(lengths, batch_size=4, window=8, seed=1)
+    assert sorted(order) == list(range(256)) and order == length_grouped_order(lengths, 4, 8, seed=1)
+
+    def padding(o):
+        return sum(max(lengths[i] for i in o[k:k + 4]) * 4 - sum(lengths[i] for i in o[k:k + 4])
+                   for k in range(0, len(o), 4))
+    assert padding(order) < 0.2 * padding(list(range(256)))
+
+
+def test_summary_and_peak_memory():
+    assert summary([3.0, 1.0, 2.0]) == {"min": 1.0, "median": 2.0, "max": 3.0, "n": 3}
+    mem = PeakMemory(torch.device("cpu"))
+    mem.reset()
+    before = mem.read()
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    after = mem.read()
+    del block
+    assert after["peak_mb"] >= before["peak_mb"] + (60 if after["exact"] else 0)

@@ -1,0 +1,147 @@
+"""`minimind-v eval`: the shapes-world suite, held-out digits, user JSON-lines sets, the table, JSON and PNG grid."""
+import json
+
+import pytest
+from PIL import Image
+
+from minimind_v.cli import main
+from minimind_v.eval.grid import draw_grid, pick_examples
+from minimind_v.eval.jsonl_eval import (contains_match, evaluate_jsonl, exact_match, jsonl_table, load_jsonl,
+                                        score_answer)
+from minimind_v.eval.score import KINDS
+from minimind_v.eval.shapes import shapes_items
+
+
+def _write_set(tmp_path, lines):
+    for name, colour in (("red.png", "red"), ("blue.png", "blue")):
+        Image.new("RGB", (40, 40), colour).save(tmp_path / name)
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return path
+
+
+def test_exact_and_contains_match_words_not_characters():
+    assert exact_match("Red.", "red") == 1.0 and exact_match("It is red.", "red") == 0.0
+    assert contains_match("It is red.", "red") == 1.0
+    assert contains_match("It is reddish.", "red") == 0.0  # whole words only
+    assert contains_match("a big red circle", "red circle") == 1.0
+    assert contains_match("a circle that is red", "red circle") == 0.0  # in order and adjacent
+    s = score_answer("The circle is red.", ["blue", "red"], kind="color")
+    assert s == {"exact": 0.0, "contains": 1.0, "contract": 1.0}
+    cap = score_answer("A red circle and a blue square.", ["A red circle, a blue square and a green cross."],
+                       kind="caption")
+    assert cap["contract"] == pytest.approx(0.8)  # the contract's caption F1: P = 1, R = 2/3
+    assert "contract" not in score_answer("a cat", ["a cat"], kind=None)
+
+
+def test_load_jsonl_formats_and_markers(tmp_path):
+    path = _write_set(tmp_path, [
+        {"image": "red.png", "question": "What color is it?", "answer": "red", "kind": "color"},
+        {"images": ["red.png", "blue.png"], "question": "<image>\n<image>\nSame colour?", "answer": ["no", "nope"]},
+        {"conversations": [{"role": "user", "content": "<image>\nDescribe it."},
+                           {"role": "assistant", "content": "A blue square."}], "image": "blue.png"},
+    ])
+    items = load_jsonl(path)
+    assert [it["kind"] for it in items] == ["color", "mine", "mine"]  # default kind: the file's name
+    assert items[0]["question"] == "<image>\nWhat color is it?"  # marker added in front
+    assert len(items[1]["images"]) == 2 and items[1]["references"] == ["no", "nope"]
+    assert items[2]["references"] == ["A blue square."] and items[2]["images"][0].getpixel((0, 0)) == (0, 0, 255)
+
+
+@pytest.mark.parametrize("line,message", [
+    ({"image": "nope.png", "question": "q", "answer": "a"}, "mine.jsonl:1: image"),
+    ({"image": "red.png", "question": "<image><image>q", "answer": "a"}, "2 <image> markers but 1 images"),
+    ({"image": "red.png", "prompt": "q"}, "needs 'question' and 'answer'"),
+])
+def test_load_jsonl_errors_name_the_line(tmp_path, line, message):
+    path = _write_set(tmp_path, [line])
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_jsonl(path)
+    path.write_text("{not json\n")
+    with pytest.raises(ValueError, match="mine.jsonl:1: not valid JSON"):
+        load_jsonl(path)
+
+
+class CannedVLM:
+    """Answers from a list, recording what it was asked."""
+
+    def __init__(self, answers):
+        self.answers, self.asked = list(answers), []
+
+    def answer_batch(self, items, max_new_tokens=64, temperature=0.0):
+        self.asked += items
+        return [self.answers.pop(0) for _ in items]
+
+
+def test_evaluate_jsonl_scores_and_table(tmp_path):
+    path = _write_set(tmp_path, [
+        {"image": "red.png", "question": "What color?", "answer": "red", "kind": "color"},
+        {"image": "blue.png", "question": "What color?", "answer": "blue", "kind": "color"},
+        {"image": "blue.png", "question": "What is it?", "answer": "a blue square"},
+    ])
+    vlm = CannedVLM(["Red.", "It is green.", "I see a blue square here."])
+    ev = evaluate_jsonl(vlm, load_jsonl(path), batch_size=2)
+    assert ev["summary"]["color"] == {"n": 2, "exact": 0.5, "contains": 0.5, "contract": 0.5}
+    assert ev["summary"]["mine"] == {"n": 1, "exact": 0.0, "contains": 1.0}
+    assert [r["score"] for r in ev["rows"]] == [1.0, 0.0, 1.0]
+    table = jsonl_table(ev["summary"])
+    assert "| color | 2 | 0.500 | 0.500 | 0.500 |" in table and "| mine | 1 | 0.000 | 1.000 |  |" in table
+
+
+def test_shapes_items_cover_every_kind_and_digits():
+    items = shapes_items(n_per_kind=2, seed=3, image_size=48, n_digits=5)
+    kinds = [it["kind"] for it in items]
+    assert set(kinds) == set(KINDS) and kinds.count("digit") == 5
+    assert all(im.size == (48, 48) for it in items for im in it["images"])
+    again = shapes_items(n_per_kind=2, seed=3, image_size=48, n_digits=5)
+    assert [it["question"] for it in again] == [it["question"] for it in items]
+    assert items[0]["images"][0].tobytes() == again[0]["images"][0].tobytes()
+    other = shapes_items(n_per_kind=2, seed=4, image_size=48, n_digits=5)
+    assert [it["question"] for it in other] != [it["question"] for it in items]
+
+
+def test_grid_picks_evenly_and_draws(tmp_path):
+    rows = [{"kind": k} for k in ["a"] * 10 + ["b"] * 2 + ["c"] * 1]
+    picked = pick_examples(rows, 6, seed=1)
+    assert picked == pick_examples(rows, 6, seed=1) and len(picked) == 6
+    assert {rows[i]["kind"] for i in picked} == {"a", "b", "c"} and sum(rows[i]["kind"] == "b" for i in picked) == 2
+    im = Image.new("RGB", (30, 30), "red")
+    examples = [{"images": [im], "question": "<image>\nWhat color?", "answer": "Red.", "expected": "red",
+                 "score": 1.0, "kind": "color"},
+                {"images": [im, im], "question": "<image>\n<image>\nWhich?", "answer": "The second image.",
+                 "expected": "first", "score": 0.0, "kind": "which_has"},
+                {"images": [im], "question": "Describe.", "answer": "a red circle", "expected": "x",
+                 "score": 0.5, "kind": "caption"}]
+    out = draw_grid(examples, tmp_path / "g.png", cols=2, thumb=64)
+    grid = Image.open(out).convert("RGB")
+    assert grid.width == 2 * (64 + 16) and grid.height > 2 * 64
+    colours = {grid.getpixel((x, y)) for x in range(grid.width) for y in range(grid.height)}
+    assert (20, 140, 60) in colours and (200, 40, 40) in colours  # a green tick and a red cross were drawn
+
+
+def test_eval_command_outputs_and_is_deterministic(tiny_run, tmp_path, capsys):
+    data = _write_set(tmp_path, [{"image": "red.png", "question": "What color?", "answer": "red", "kind": "color"},
+                                 {"image": "blue.png", "question": "Describe it.", "answer": "a blue square"}])
+    args = ["eval", "--model", str(tiny_run), "--n-per-kind", "1", "--digits", "2", "--image-size", "32",
+            "--data", str(data), "--grid", "5", "--device", "cpu", "--max-new-tokens", "4", "--caption-tokens", "6"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "eval.json").read_text())
+    assert set(report["shapes"]["summary"]) == set(KINDS)
+    assert report["shapes"]["summary"]["digit"]["n"] == 2 and report["shapes"]["image_size"] == 32
+    assert report["data"][str(data)]["summary"]["color"]["n"] == 1
+    md = (tmp_path / "a" / "eval.md").read_text()
+    assert all(f"| {k} |" in md for k in KINDS) and "## mine.jsonl" in md
+    assert Image.open(tmp_path / "a" / "eval_grid.png").width > 0
+    assert "| caption |" in capsys.readouterr().out
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b" / "eval.json").read_text())
+    for r in (report, again):
+        r["shapes"].pop("seconds")
+    assert again == report
+    assert (tmp_path / "a" / "eval_grid.png").read_bytes() == (tmp_path / "b" / "eval_grid.png").read_bytes()
+
+
+def test_eval_command_refuses_nothing_to_do(tiny_run, tmp_path, capsys):
+    assert main(["eval", "--model", str(tiny_run), "--no-shapes"]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_run), "--data", str(tmp_path / "missing.jsonl")]) == 2
