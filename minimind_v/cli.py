@@ -15,6 +15,7 @@ COMMANDS = [
     "minimind_v.eval.cli_eval",
     "minimind_v.infer.cli_infer",
     "minimind_v.infer.server",
+    "minimind_v.infer.web",
     "minimind_v.interop.cli_interop",
 ]
 

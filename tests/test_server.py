@@ -279,3 +279,42 @@ def test_the_openai_client_surfaces_our_errors(client):
     bad = json.dumps({"model": "tiny", "messages": TEXT, "stream": True, "max_tokens": 0})
     r = httpx.post(f"{client.base_url}chat/completions", content=bad)  # a bad stream is refused before it starts
     assert r.status_code == 400 and r.headers["content-type"].startswith("application/json")
+
+
+def test_serve_command_wires_its_flags(tiny_run, tmp_path, monkeypatch):
+    import uvicorn
+
+    from minimind_v.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app, host=host, port=port))
+    assert main(["serve", "--model", str(tiny_run), "--device", "cpu", "--api-key", KEY, "--max-images", "1",
+                 "--allow-local-dir", str(tmp_path), "--port", "8123"]) == 0
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)  # loopback unless asked otherwise
+    (tmp_path / "red.png").write_bytes(png())
+    with serve_in_thread(seen["app"]) as base:
+        assert httpx.get(f"{base}/v1/models").status_code == 401
+        auth = {"Authorization": f"Bearer {KEY}"}
+        assert [m["id"] for m in httpx.get(f"{base}/v1/models", headers=auth).json()["data"]] == [tiny_run.name]
+        body = {"model": tiny_run.name, "max_tokens": 2,
+                "messages": user("x", image_part((tmp_path / "red.png").as_uri()))}
+        assert httpx.post(f"{base}/v1/chat/completions", json=body, headers=auth).status_code == 200
+        body["messages"] = user("x", image_part(IMG), image_part(IMG))
+        r = httpx.post(f"{base}/v1/chat/completions", json=body, headers=auth)
+        assert r.json()["error"]["code"] == "too_many_images"
+
+
+def test_model_folders_and_names(tiny_run, tmp_path):
+    from minimind_v.infer.registry import find_runs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.json").write_text("{}")
+    (tmp_path / "b" / "a").mkdir(parents=True)
+    (tmp_path / "b" / "a" / "config.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    assert list(find_runs([tmp_path / "a", tmp_path / "b"])) == ["a", "b/a"]  # same name: the parent tells apart
+    assert list(find_runs([tiny_run, tiny_run])) == [tiny_run.name]
+    with pytest.raises(FileNotFoundError, match="neither a run directory"):
+        find_runs([tmp_path / "empty"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_runs([tmp_path / "missing"])
