@@ -36,23 +36,23 @@ AUTO_MAP = {
 }
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_minimind_v.MiniMindVProcessor"}
 # `from minimind_v.config import`, `from ..config import`, `from .llm import`, `from minimind_v.model.moe import`
-_IMPORT = re.compile(r"^(\s*)from\s+(?:minimind_v\.(?:model\.)?|\.\.(?:model\.)?|\.)(\w+)\s+import\b", re.M)
-_ANY_PACKAGE_IMPORT = re.compile(r"^\s*(?:from\s+(?:minimind_v\b|\.)|import\s+minimind_v\b)", re.M)
+_IMPORT = re.compile(r"^(\s*)from\s+(minimind_v\.[\w.]+|\.+[\w.]*)\s+import\b", re.M)
+_ANY_PACKAGE_IMPORT = re.compile(r"^\s*import\s+minimind_v\b", re.M)
 
 
 def localize_imports(source: str, filename: str) -> str:
     """Point the package imports of one model file at the exported siblings (`from .mmv_llm import ...`)."""
     def repl(m: re.Match) -> str:
-        if m.group(2) not in MODEL_SOURCES:
-            raise ValueError(f"{filename} imports minimind_v module {m.group(2)!r}, which the export does not "
-                             f"carry; the exported model code may only use {sorted(MODEL_SOURCES)}")
-        return f"{m.group(1)}from .mmv_{m.group(2)} import"
+        module = re.sub(r"^(minimind_v\.|\.+)", "", m.group(2))
+        name = module[len("model."):] if module.startswith("model.") else module
+        if name not in MODEL_SOURCES:
+            raise ValueError(f"{filename} imports {m.group(2)!r}, which the export does not carry; the exported "
+                             f"model code may only use {sorted(MODEL_SOURCES)}")
+        return f"{m.group(1)}from .mmv_{name} import"
 
-    out = _IMPORT.sub(repl, source)
-    left = [line for line in out.splitlines() if _ANY_PACKAGE_IMPORT.match(line) and ".mmv_" not in line]
-    if left:
-        raise ValueError(f"{filename}: package import the export cannot rewrite: {left[0].strip()!r}")
-    return out
+    if _ANY_PACKAGE_IMPORT.search(source):
+        raise ValueError(f"{filename}: `import minimind_v...` cannot be rewritten; use `from ... import`")
+    return _IMPORT.sub(repl, source)
 
 
 def remote_code_files() -> dict[str, str]:

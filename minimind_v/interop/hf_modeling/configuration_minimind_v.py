@@ -20,5 +20,6 @@ class MiniMindVConfig(PretrainedConfig):
         self.head_dim = self.hidden_size // self.num_attention_heads
         self.vocab_size = llm.get("vocab_size", 6400)
         self.max_position_embeddings = llm.get("max_seq_len", 2048)
+        self.use_cache = kwargs.pop("use_cache", True)
         kwargs.setdefault("tie_word_embeddings", llm.get("tie_embeddings", True))
         super().__init__(**kwargs)

@@ -94,7 +94,7 @@ class MiniMindVForCausalLM(PreTrainedModel, GenerationMixin):
                 logits_to_keep: int | torch.Tensor = 0, **kwargs) -> CausalLMOutputWithPast:
         """input_ids [B, T]; pixel_values [N, 3, H, W], the batch's images in reading order ([B, N, ...] also ok)."""
         cache = cache if cache is not None else past_key_values
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache()
         if pixel_values is not None and pixel_values.dim() == 5:
