@@ -2,7 +2,9 @@
 
     vlm = minimind_v.load("runs/quickstart")
     vlm.answer([Image.open("a.png")], "<image>\\nWhat color is the circle?")
-    for piece in vlm.stream_chat(messages, images): print(piece, end="")
+    stream = vlm.stream_chat(messages, images)
+    for piece in stream: print(piece, end="")            # whole characters, as they are decoded
+    print(stream.completion_tokens, stream.tokens_per_second, stream.finish_reason)
 """
 from __future__ import annotations
 

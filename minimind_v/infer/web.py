@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..data.chat import IMAGE_MARKER
-from .images import ImageError, ImageLimits, decode_image
+from .images import ImageLimits, decode_image
 from .registry import ModelPool, find_runs
 
 LIMITS = ImageLimits(max_bytes=16 * 2**20, max_pixels=4096 * 4096, max_images=8)
