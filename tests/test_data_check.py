@@ -92,3 +92,11 @@ def test_check_cli_reports_and_exit_code(tmp_path, capsys):
     assert "missing_image" in out and "duplicate" in out
     assert json.loads((tmp_path / "r.json").read_text())["broken"] >= len(expected)
     assert main(["data", "check", str(path), "--max-len", "10"]) == 2  # needs a tokenizer: a clear error
+
+
+def test_check_text_rows_counts_tokens_and_duplicates(tmp_path, tiny_run):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "hello there"}\n{"text": ""}\n{"text": "hello there"}\n{"text": "a b c"}\n')
+    report = check_dataset(path, CheckOptions(tokenizer=str(tiny_run), max_len=64), progress=False)
+    assert report.bad == {1: "empty_turn", 2: "duplicate"}
+    assert len(report.tokens) == 3 and min(report.tokens) >= 2  # every text ends with <|im_end|>

@@ -35,8 +35,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def _argv(data: Path, tok: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "llm-pretrain", "--data", str(data), "--tokenizer", str(tok), "--preset", "shapes-tiny",
             "--out", str(out), "--steps", str(STEPS), "--batch-size", "4", "--max-len", "48", "--workers", "0",
-            "--log-every", "1", "--save-every", "1", "--lr", "3e-3", "--warmup", "2", "--device", "cpu", "--threads", "1",
-            *extra]
+            "--log-every", "1", "--save-every", "1", "--lr", "3e-3", "--warmup", "2", "--device", "cpu",
+            "--threads", "1", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 Each row is read exactly as training reads it, then its images are decoded in full (a truncated JPEG only fails
 when its last bytes are needed) and, given a tokenizer, its conversation is encoded to catch samples longer than
 the maximum length. Exact duplicates are rows whose messages and image bytes hash the same as an earlier row.
-A row counts under its first problem. Work is split over processes by index range; each returns a partial report.
+A row counts under its first problem. Pretraining rows (`{"text": ...}`) are checked for empty text and
+duplicates, and their token lengths summarised (long text is cut at max_len in training, not skipped). Work is split over processes by index range; each returns a partial report.
 """
 from __future__ import annotations
 
@@ -103,6 +104,13 @@ def check_range(path: str, start: int, end: int, opts: CheckOptions) -> tuple[Re
     rep, hashes = Report(rows=end - start), []
     for i in range(start, end):
         try:
+            row = reader.rows[i]
+            if "text" in row and "conversations" not in row and "messages" not in row:  # pretraining text
+                text = reader.text(i)
+                if tok is not None:
+                    rep.tokens.append(len(tok.backend_tokenizer.encode(text, add_special_tokens=False).ids) + 1)
+                hashes.append((i, hashlib.sha1(text.encode()).hexdigest()))
+                continue
             rec = reader.record(i)
             h = hashlib.sha1(json.dumps(rec["conversations"], sort_keys=True, ensure_ascii=False).encode())
             for ref in rec["images"]:
@@ -139,10 +147,11 @@ def check_dataset(path: str | Path, opts: CheckOptions | None = None, workers: i
     opts = opts or CheckOptions()
     if opts.tokenizer and not opts.max_len:
         raise ValueError("the over-length check needs --max-len with --tokenizer")
-    if opts.tokenizer and not opts.tokens_per_image:
+    reader = SampleReader(path, image_dir=opts.image_dir)
+    if opts.tokenizer and not opts.tokens_per_image and _has_images(reader):
         raise ValueError("the over-length check needs --tokens-per-image (e.g. 196 for CLIP ViT-B/16, 64 for "
                          "SigLIP2 P32) to count each image's placeholder tokens")
-    n = len(SampleReader(path, image_dir=opts.image_dir))
+    n = len(reader)
     n = min(n, limit) if limit else n
     step = max(1, min(2000, -(-n // max(1, workers * 4))))
     jobs = [(str(path), s, min(n, s + step), opts) for s in range(0, n, step)]
@@ -169,6 +178,16 @@ def check_dataset(path: str | Path, opts: CheckOptions | None = None, workers: i
             else:
                 seen[h] = i
     return report
+
+
+def _has_images(reader: SampleReader, peek: int = 50) -> bool:
+    for i in range(min(len(reader), peek)):
+        try:
+            if reader.record(i)["images"]:
+                return True
+        except BadRow:
+            continue
+    return False
 
 
 def tokens_per_image_of(run_dir: str | Path) -> int:

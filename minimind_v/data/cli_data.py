@@ -1,9 +1,9 @@
 """`minimind-v data check | clean | convert`: look at a dataset before training on it.
 
     minimind-v data check sft.jsonl --images sft_images/ --run runs/llm --max-len 768 --workers 2
-    minimind-v data clean sft.jsonl clean/sft.parquet --images sft_images/      # good rows + clean/sft.parquet.report.json
+    minimind-v data clean sft.jsonl clean/sft.parquet --images sft_images/   # + clean/sft.parquet.report.json
     minimind-v data convert sft.jsonl sft.parquet --images sft_images/
-    minimind-v data convert sft.parquet sft.jsonl                               # images into sft_images/
+    minimind-v data convert sft.parquet sft.jsonl                            # images into sft_images/
 """
 from __future__ import annotations
 

@@ -44,13 +44,14 @@ def gather_images(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 @dataclass
 class PadCollate:
-    """Right-pad to the longest sample of the batch (never to the maximum length)."""
+    """Right-pad to the longest sample of the batch (`pad_to`: to a fixed length, as the reference does)."""
 
     pad_id: int = 0
+    pad_to: int = 0
 
     def __call__(self, samples: list[dict[str, Any]], pad_id: int | None = None) -> dict[str, Any]:
         pad = self.pad_id if pad_id is None else pad_id
-        longest = max(len(s["input_ids"]) for s in samples)
+        longest = max(self.pad_to, *(len(s["input_ids"]) for s in samples))
         n = len(samples)
         input_ids = torch.full((n, longest), pad, dtype=torch.long)
         labels = torch.full((n, longest), IGNORE, dtype=torch.long)

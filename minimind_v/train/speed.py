@@ -1,0 +1,145 @@
+"""Measure what packing and the feature cache buy, on the same rows and the same model.
+
+    python -m minimind_v.train.speed --preset minimind2-small --encoder siglip2-b32 --batch 4 --max-len 768
+
+Synthetic rows shaped like the reference benchmark's "realistic" set (a 256 px image, answers of 20-120 words),
+a randomly initialised encoder of the real size (SigLIP2 B/32 or CLIP B/16; random weights cost what trained
+ones cost), and one training step timed again and again:
+  - layouts: padded to max_len (what the reference does), padded to the batch's longest, packed;
+    the loss of each step is recorded too, to show packing changes the speed and not the numbers;
+  - feature cache: the same pretrain step (projector only trains) with the encoder run every step,
+    and with its features read from the cache.
+Prints a JSON report (and writes it with --out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import VLMConfig, llm_preset
+from ..data.collate import SampleEncoder
+from ..data.feature_cache import CachedSampleEncoder, FeatureCache, FeatureFiller, encoder_key
+from ..data.formats import SampleReader
+from ..data.packing import PackCollate, PadCollate
+from ..data.robust import RowDataset
+from ..data.synthetic import WORDS, synthetic_rows, write_parquet
+from ..data.tokenizer import train_tokenizer
+from ..model.vlm import MiniMindVLM
+from .optim import make_optimizer
+from .recipes import vision_recipe
+from .stages import apply_freeze
+from .trainer import LossModule, TrainConfig
+
+
+def random_encoder(recipe: str, out: Path) -> Path:
+    """A randomly initialised encoder with the real architecture of a recipe, saved like a downloaded one."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+
+    from ..model.vision import _image_processor_classes
+
+    clip_proc, siglip_proc = _image_processor_classes()
+    common = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+    if recipe == "clip-b16":
+        model = CLIPVisionModel(CLIPVisionConfig(**common, image_size=224, patch_size=16, hidden_act="quick_gelu"))
+        proc = clip_proc(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    else:
+        model = SiglipVisionModel(SiglipVisionConfig(**common, image_size=256, patch_size=32))
+        proc = siglip_proc(size={"height": 256, "width": 256})
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+def time_steps(model: torch.nn.Module, batches: list[dict[str, Any]], prepare=None) -> dict[str, Any]:
+    """Forward + backward + AdamW per batch (the first one is a warm-up); median seconds and tokens/s."""
+    opt = make_optimizer(model, TrainConfig(lr=1e-4))
+    f = LossModule(model)
+    times, losses, real = [], [], 0
+    for k, b in enumerate(batches):
+        t = time.perf_counter()
+        b = prepare(dict(b)) if prepare else b
+        loss_sum, n, _ = f(b)
+        (loss_sum / n).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if k:
+            times.append(time.perf_counter() - t)
+            real += int(b["attention_mask"].sum())
+        losses.append(round((loss_sum / n).item(), 4))
+    med = statistics.median(times)
+    return {"step_s": round(med, 3), "real_tokens_per_s": round(real / sum(times), 1),
+            "samples_per_s": round(len(batches[0]["input_ids"]) / med, 2) if "doc_ids" not in batches[0] else None,
+            "row_tokens": int(batches[1]["input_ids"].numel()), "losses": losses}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="minimind2-small")
+    ap.add_argument("--encoder", default="siglip2-b32", choices=["siglip2-b32", "clip-b16"])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--max-len", type=int, default=768)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per setting (plus one warm-up)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--what", default="layouts,cache")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="minimind_v_speed_"))
+    n = a.batch * (a.steps + 1)
+    rows, _ = synthetic_rows(n, seed=0, words=(20, 120), image_size=256)
+    data = write_parquet(rows, tmp / "rows.parquet")
+    tok = train_tokenizer([" ".join(WORDS)] * 50, vocab_size=400)
+    recipe = vision_recipe(a.encoder)
+    enc_dir = random_encoder(a.encoder, tmp / a.encoder)
+    cfg = VLMConfig(llm=llm_preset(a.preset, vocab_size=6400), vision=recipe.vision_config(str(enc_dir)),
+                    projector=recipe.projector, image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"))
+    torch.manual_seed(0)
+    model = MiniMindVLM(cfg)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    reader = SampleReader(data)
+    enc = SampleEncoder(tok, model.vision.preprocess, model.tokens_per_image, max_len=a.max_len)
+    samples = [enc(reader[i]) for i in range(n)]
+    groups = [samples[i:i + a.batch] for i in range(0, n, a.batch)]
+    report: dict[str, Any] = {"preset": a.preset, "encoder": a.encoder, "batch": a.batch, "max_len": a.max_len,
+                              "threads": torch.get_num_threads(), "torch": torch.__version__,
+                              "tokens_per_sample_mean": round(sum(len(s["input_ids"]) for s in samples) / n, 1)}
+    # Fill the feature cache (the first epoch of a cached run), then read every row back from it.
+    cache = FeatureCache(tmp / "cache", encoder_key(model.vision))
+    ds = RowDataset(reader, CachedSampleEncoder(tok, model.vision.preprocess, model.tokens_per_image,
+                                                model.vision.out_dim, cache, max_len=a.max_len), decode=False)
+    filler = FeatureFiller(model.vision, cache)
+    for g in range(0, n, a.batch):
+        filler(PadCollate()([ds[i] for i in range(g, g + a.batch)]))
+    t = time.perf_counter()
+    cached = [ds[i] for i in range(n)]
+    report["cache_read_s_per_sample"] = round((time.perf_counter() - t) / n, 4)
+    cgroups = [cached[i:i + a.batch] for i in range(0, n, a.batch)]
+    if "cache" in a.what:
+        apply_freeze(model, freeze_llm=2)  # the pretrain stage: the encoder is frozen, the projector learns
+        model.load_state_dict(init)
+        report["pretrain_no_cache"] = time_steps(model, [PadCollate()(g) for g in groups])
+        model.load_state_dict(init)
+        report["pretrain_cached"] = time_steps(model, [PadCollate()(g) for g in cgroups], prepare=filler)
+        report["cache_speedup"] = round(report["pretrain_no_cache"]["step_s"] / report["pretrain_cached"]["step_s"], 2)
+    if "layouts" in a.what:  # on cached features, so the encoder does not blur the comparison
+        apply_freeze(model, freeze_llm=0)
+        for name, collate in (("padded_to_max", PadCollate(pad_to=a.max_len)), ("padded_to_longest", PadCollate()),
+                              ("packed", PackCollate(a.max_len))):
+            model.load_state_dict(init)
+            report[name] = time_steps(model, [collate(g) for g in cgroups], prepare=filler)
+    print(json.dumps(report, indent=2))
+    if a.out:
+        Path(a.out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
