@@ -2,6 +2,7 @@
 gradient accumulation and both together (the loss is a mean over every labelled token of the global batch)."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset
 
 from minimind_v.config import LLMConfig
 from minimind_v.data.packing import PadCollate
-from minimind_v.data.robust import SkipCollate
+from minimind_v.data.robust import SkipCollate, skip
 from minimind_v.train.distributed import close_distributed, init_distributed
 from minimind_v.train.llm_stages import LMOnly
 from minimind_v.train.loader import EpochLoader
@@ -29,7 +30,9 @@ class Sequences(Dataset):
     def __len__(self) -> int:
         return 64
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict:
+        if i % 9 == 4:  # a broken row: skipped, on whichever process reads it
+            return skip(i, "invalid", "seeded fault")
         g = torch.Generator().manual_seed(i)
         n = 6 + (i * 7) % 20
         ids = torch.randint(4, 64, (n,), generator=g)
@@ -38,13 +41,13 @@ class Sequences(Dataset):
         return {"input_ids": ids, "labels": labels}
 
 
-def run(batch: int, accum: int, rank: int = 0, world: int = 1, dist=None) -> dict[str, torch.Tensor]:
+def run(batch: int, accum: int, rank: int = 0, world: int = 1, dist=None, metrics=None) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = LMOnly(CFG)
     loader = EpochLoader(Sequences(), batch, collate_fn=SkipCollate(inner=PadCollate()), seed=1, rank=rank,
                          world=world)
     cfg = TrainConfig(steps=5, batch_size=batch, accum=accum, lr=3e-3, log_every=100)
-    train(model, loader, cfg, device=torch.device("cpu"), dist=dist)
+    train(model, loader, cfg, device=torch.device("cpu"), dist=dist, metrics_path=metrics)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -55,7 +58,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist, _ = init_distributed("cpu")
     try:
         for batch, accum in ((4, 1), (2, 2)):
-            sd = run(batch, accum, rank, world, dist)
+            sd = run(batch, accum, rank, world, dist, os.path.join(out_dir, f"m_b{batch}_a{accum}.jsonl"))
             if rank == 0:
                 sd.pop("llm.lm_head.weight", None)  # tied to the embedding
                 save_file(sd, os.path.join(out_dir, f"ddp_b{batch}_a{accum}.safetensors"))
@@ -119,6 +122,11 @@ def test_two_gloo_processes_match_one_process(single, tmp_path):
     ref = {k: v for k, v in single["b8"].items() if k != "llm.lm_head.weight"}
     _close(load_file(str(tmp_path / "ddp_b4_a1.safetensors")), ref)  # 2 x 4
     _close(load_file(str(tmp_path / "ddp_b2_a2.safetensors")), ref)  # 2 x 2 x 2 accumulation (no_sync)
+    # the broken rows both processes skipped are reported together, once, by rank 0
+    read = EpochLoader(Sequences(), 8, collate_fn=list, seed=1).order(0)[:40].tolist()
+    broken = sorted(i for i in read if i % 9 == 4)
+    end = json.loads((tmp_path / "m_b4_a1.jsonl").read_text().splitlines()[-1])
+    assert end["skipped"] == {"invalid": len(broken)} and end["rows_seen"] == 40 and broken
 
 
 def test_loader_shards_global_batches_the_same_way_for_any_world_size():

@@ -111,6 +111,18 @@ class SkipTally:
             raise ValueError(f"{total} of the first {self.seen} rows were unusable ({self.summary()}); "
                              "check the data path, the image folder and `minimind-v data check`")
 
+    def state(self) -> dict[str, Any]:
+        """Everything, as plain data: to combine the tallies of several processes, or to resume."""
+        return {"counts": dict(self.counts), "rows": sorted(self.rows), "seen": self.seen, "examples": self.examples}
+
+    def merge(self, st: dict[str, Any]) -> None:
+        self.counts.update(st["counts"])
+        self.rows.update(st["rows"])
+        self.seen += st["seen"]
+        for reason, ex in st["examples"].items():
+            mine = self.examples.setdefault(reason, [])
+            mine += ex[: max(0, self.examples_per_reason - len(mine))]
+
     def as_dict(self) -> dict[str, Any]:
         return {"skipped": dict(self.counts), "skipped_rows": len(self.rows), "rows_seen": self.seen,
                 "examples": self.examples}

@@ -158,7 +158,8 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
         start_step, t_prev = meta["step"], meta.get("elapsed_s", 0.0)
         # The data position is kept in samples, so a different number of processes resumes at the same place.
         position = meta["samples"] // (cfg.batch_size * dist.world) * (cfg.batch_size * dist.world)
-        tally.counts.update(meta["skipped"])
+        if dist.main:  # the tally of every process was combined into the checkpoint: restore it once
+            tally.merge(meta["skipped"])
         set_rng_state(meta["rng"][min(dist.rank, len(meta["rng"]) - 1)])
     global_batch = cfg.batch_size * dist.world
     data = _stream(batches, position, global_batch)
@@ -176,11 +177,18 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
     catch = state_path is not None and threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGINT, on_sigint) if catch else None
 
+    def combined_tally() -> SkipTally:
+        total = SkipTally()
+        for st in dist.gather(tally.state()):
+            total.merge(st)
+        return total
+
     def checkpoint(step: int) -> None:
         rngs = dist.gather(rng_state())
+        skipped = combined_tally().state()
         if dist.main:
             meta = {"stage": stage, "step": step, "samples": position, "world": dist.world,
-                    "skipped": dict(tally.counts), "rng": rngs, "elapsed_s": t_prev + time.time() - t0}
+                    "skipped": skipped, "rng": rngs, "elapsed_s": t_prev + time.time() - t0}
             save_state(state_path, model, opt, meta, scaler)
             if export:
                 export(model)
@@ -243,6 +251,8 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
             done = step + 1
             if bool(counts[1]):
                 break
+        if dist.enabled:  # every process skipped its own rows: report them all
+            tally = combined_tally()
     finally:
         bar.close()
         if old_handler is not None:
