@@ -129,7 +129,8 @@ class Probe:
         save_file(self.inputs, str(self.work / "inputs.safetensors"))
         (self.work / "child.py").write_text(CHILD)
         env = {**os.environ, "HF_MODULES_CACHE": str(self.work / "hf_modules"), "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+               "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
+               "OMP_NUM_THREADS": "1"}  # tiny models: one thread, and no stalls when the machine is busy
         proc = subprocess.run([sys.executable, str(self.work / "child.py"), str(self.work)], cwd=self.work,
                               env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
@@ -152,6 +153,15 @@ def red_square() -> Image.Image:
     im = Image.new("RGB", (40, 30), (240, 240, 235))
     im.paste((220, 30, 30), (8, 6, 28, 24))
     return im
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models here are tiny: one thread is as fast, and a busy machine cannot stall a parallel region."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def add_vector(p: Probe, name: str, root: Path, full: bool) -> dict:

@@ -40,6 +40,15 @@ def release(vector: str) -> tuple[str, str, int | None]:
     return ("minimind2-v", "minimind2-v", 4) if vector.startswith("a") else ("minimind3-v", "minimind-3v", None)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The vector models are tiny: one thread is as fast, and a busy machine cannot stall a parallel region."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     """vector name -> (model, tokenizer, meta, case, run dir), each vector imported once per module."""
