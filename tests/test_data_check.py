@@ -100,3 +100,11 @@ def test_check_text_rows_counts_tokens_and_duplicates(tmp_path, tiny_run):
     report = check_dataset(path, CheckOptions(tokenizer=str(tiny_run), max_len=64), progress=False)
     assert report.bad == {1: "empty_turn", 2: "duplicate"}
     assert len(report.tokens) == 3 and min(report.tokens) >= 2  # every text ends with <|im_end|>
+
+
+def test_synth_writes_a_dry_run_kit(tmp_path):
+    assert main(["data", "synth", str(tmp_path / "kit"), "--rows", "10", "--broken", "0.2"]) == 0
+    kit = tmp_path / "kit"
+    assert check_dataset(kit / "captions.parquet", progress=False).problems.total() == 2
+    assert SampleReader(kit / "captions.jsonl", image_dir=kit / "images").record(0)["images"]
+    assert (kit / "tiny-siglip" / "config.json").is_file() and (kit / "text.jsonl").is_file()

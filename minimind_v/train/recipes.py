@@ -47,7 +47,9 @@ def vision_recipe(name: str) -> VisionRecipe:
 
 @dataclass(frozen=True)
 class StageDefaults:
-    """The reference's hyper-parameters per stage (minimind-3v where the two releases differ)."""
+    """Starting points per stage. The VLM stages follow the reference (lr 4e-4 / batch 16 / MiniMind2-V's
+    max length 640 / projector only for pretrain; minimind-3v's lr 5e-6 / batch 4 / 768 / first + last layer
+    for SFT); the LLM stages are ordinary small-LLM values. Every one is a command-line flag."""
 
     lr: float
     batch_size: int

@@ -158,6 +158,11 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
         start_step, t_prev = meta["step"], meta.get("elapsed_s", 0.0)
         # The data position is kept in samples, so a different number of processes resumes at the same place.
         position = meta["samples"] // (cfg.batch_size * dist.world) * (cfg.batch_size * dist.world)
+        if meta["world"] != dist.world:  # another process count: the same share of the data, so the same lr
+            start_step = position // (cfg.batch_size * dist.world * cfg.accum)
+            if dist.main:
+                print(f"resuming {meta['world']}-process step {meta['step']} as step {start_step} on "
+                      f"{dist.world} processes", flush=True)
         if dist.main:  # the tally of every process was combined into the checkpoint: restore it once
             tally.merge(meta["skipped"])
         set_rng_state(meta["rng"][min(dist.rank, len(meta["rng"]) - 1)])
