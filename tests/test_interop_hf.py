@@ -20,8 +20,8 @@ from conftest import build_tiny_run, shared_dir
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import minimind_v
 from minimind_v.config import LLMConfig
-from minimind_v.infer.api import VLMChat
 from minimind_v.infer.generate import GenerationConfig, generate
 from minimind_v.interop.chat_format import encode_template_prompt
 from minimind_v.interop.hf_export import export_hf, localize_imports, remote_code_files
@@ -201,7 +201,7 @@ def probe(tmp_path_factory):
 
     # 1. A run made here: logits, generate with and without images, the chat path with a left-padded batch.
     tiny_run = talkative_run(root / "tiny")
-    vlm = VLMChat(*load_run(tiny_run))
+    vlm = minimind_v.load(str(tiny_run), device="cpu")
     img = red_square()
     pixels = vlm._pixels([img])
     q_img, q_txt = "<image>\nWhat color is the square?", "How many shapes are there?"
