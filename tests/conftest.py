@@ -12,6 +12,9 @@ from minimind_v.data.tokenizer import train_tokenizer
 from minimind_v.model.vlm import MiniMindVLM
 from minimind_v.train.checkpoint import save_run
 
+# The tests run tiny models, for which one thread beats two: thread hand-offs cost more than the matmuls.
+torch.set_num_threads(1)
+
 TEXTS = [
     "What color is the circle?", "The circle is red.", "How many shapes are there?", "There are 3 shapes.",
     "Describe the image.", "A small blue square at the top left and a large green cross in the center.",
