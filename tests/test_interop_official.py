@@ -195,6 +195,10 @@ def test_llm_only_weights_become_an_llm_run(vector, tmp_path):
     case = load_file(vec / "case.safetensors")
     model, tok = load_llm(run)
     assert tok.eos_token_id == 2
+    from minimind_v.train.llm_stages import read_llm
+
+    cfg, weights = read_llm(run)  # what `train pretrain --from-llm RUN` starts from
+    assert cfg == model.cfg and set(weights) == set(model.state_dict()) - {"lm_head.weight"}
     with torch.no_grad():
         out = model(case["input_ids.text"])
     torch.testing.assert_close(out.hidden, case["hidden.text"], **TOL)
