@@ -141,8 +141,6 @@ def test_greedy_generation_with_kv_cache(vector, imported):
     assert got[0] == new
 
 
-@pytest.mark.xfail(reason="VLMChat builds ChatML with encode_prompt and stops on <|im_end|>; it needs to use the "
-                          "tokenizer's own template (chat_format.encode_template_prompt) and eos_token_id", strict=False)
 @pytest.mark.parametrize("vector", ["a_dense", "b_dense"])
 def test_loaded_run_answers_with_the_official_prompt(vector, imported):
     import minimind_v

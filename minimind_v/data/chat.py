@@ -14,6 +14,8 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
+from .tokenizer import CHAT_TEMPLATE
+
 IMAGE_MARKER = "<image>"
 IGNORE_INDEX = -100  # what torch's cross-entropy skips
 ROLES = ("system", "user", "assistant")
@@ -87,6 +89,12 @@ def encode_prompt(
     system: str | None = None,
 ) -> list[int]:
     """Encode a conversation ending with a user turn, followed by the `<|im_start|>assistant\\n` prompt."""
+    if getattr(tok, "chat_template", None) not in (None, CHAT_TEMPLATE):
+        # An imported official tokenizer: build the prompt with its own template, as that release was trained.
+        from ..interop.chat_format import encode_template_prompt
+
+        return encode_template_prompt(tok, messages, tokens_per_image=tokens_per_image, image_token=image_token,
+                                      system=system)
     _check_tokens_per_image(tokens_per_image)
     messages = _with_system(messages, system)
     _check_messages(messages, last_role="user")

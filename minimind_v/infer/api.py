@@ -28,7 +28,7 @@ class VLMChat:
     def __init__(self, model: MiniMindVLM, tokenizer: Any, device: torch.device | str = "cpu"):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = torch.device(device)
-        self.stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        self.stop_ids = [tokenizer.eos_token_id]  # <|im_end|> for ours and minimind-3v, </s> for MiniMind2-V
         self.pad_id = tokenizer.pad_token_id or 0
 
     def _prompt(self, messages: list[dict[str, str]]) -> list[int]:
