@@ -26,7 +26,7 @@ from .checkpoint import save_run
 from .plots import plot_metrics
 from .stages import apply_freeze
 from .trainer import TrainConfig, pick_device, train
-from .vision_pretrain import pretrain_vision
+from .vision_pretrain import pretrain_vision, probe_vision
 
 
 @dataclass
@@ -98,8 +98,11 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
         f"{sum(p.numel() for p in model.vision.parameters()) / 1e6:.2f}M; {model.tokens_per_image} tokens/image")
 
     say(f"[2/6] vision: the encoder learns to see ({qs.vision_steps} steps)")
-    acc = pretrain_vision(model.vision, steps=qs.vision_steps, batch_size=qs.vision_batch, device=dev, log=log)
-    say("      running accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+    _, heads = pretrain_vision(model.vision, steps=qs.vision_steps, batch_size=qs.vision_batch, device=dev, log=log)
+    probe = probe_vision(model.vision, heads, image_size=qs.vision.image_size)
+    log({"stage": "vision_probe", **probe})
+    say("      held-out per-object accuracy of the encoder's tokens: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in probe.items()))
 
     for i, (stage, tcfg, kinds) in enumerate([("pretrain", qs.pretrain, "caption"), ("sft", qs.sft, "sft")]):
         tcfg = dataclasses.replace(tcfg, dtype=qs.dtype)
