@@ -2,7 +2,8 @@
 
 `SampleEncoder` runs per sample (inside DataLoader workers): it tokenises the conversation with assistant-only
 labels and preprocesses the images with the encoder's own processor. `collate` pads a batch only to its longest
-sample, never to the maximum length, and flattens the batch's images in reading order for the VLM's splice.
+sample, never to the maximum length, and flattens the batch's images in reading order for the VLM's splice
+(`packing.py` has the packed layout too).
 """
 from __future__ import annotations
 
@@ -41,19 +42,6 @@ class SampleEncoder:
 
 def collate(batch: list[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sample; attention_mask marks real tokens; images concatenated in order."""
-    longest = max(len(b["input_ids"]) for b in batch)
-    n = len(batch)
-    input_ids = torch.full((n, longest), pad_id, dtype=torch.long)
-    labels = torch.full((n, longest), IGNORE, dtype=torch.long)
-    attention_mask = torch.zeros((n, longest), dtype=torch.long)
-    for i, b in enumerate(batch):
-        t = len(b["input_ids"])
-        input_ids[i, :t] = b["input_ids"]
-        labels[i, :t] = b["labels"]
-        attention_mask[i, :t] = 1
-    pixels = [b["pixel_values"] for b in batch if "pixel_values" in b]
-    out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-           "image_counts": torch.tensor([len(b.get("pixel_values", ())) for b in batch])}
-    if pixels:
-        out["pixel_values"] = torch.cat(pixels)
-    return out
+    from .packing import PadCollate  # packing.py holds both batch layouts (padded and packed)
+
+    return PadCollate(pad_id)(batch)
