@@ -194,7 +194,10 @@ def tokens_per_image_of(run_dir: str | Path) -> int:
     """Placeholder tokens per image of a run's encoder, from its config alone (nothing is loaded)."""
     from ..train.checkpoint import read_config
 
-    cfg, _ = read_config(run_dir)
+    cfg, extra = read_config(run_dir)
+    if extra.get("kind") == "llm":
+        raise ValueError(f"{run_dir} is a language-model run (no encoder): pass --tokens-per-image "
+                         "(64 for siglip2-b32, 196 for clip-b16)")
     v = cfg.vision
     size, patch = v.image_size, v.patch_size
     if v.path:

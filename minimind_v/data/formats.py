@@ -6,7 +6,7 @@ Three on-disk layouts give the same sample, `{"conversations": [{"role", "conten
     image names relative to an image folder. The file is scanned once for line offsets (8 bytes per row); a row
     is read by seeking to its offset, so 500K rows cost a few MB of RAM, not the file.
   - parquet: `conversations` (a JSON string or a list of messages) and `image_bytes` (one binary or a list of
-    them). Rows are read by row group through pyarrow; the last couple of groups stay cached per process, so a
+    them). Rows are read by row group through pyarrow; the last few groups stay cached per process, so a
     sampler that walks a group's rows together (see `blocks()`) reads each group once per epoch.
   - a Hugging Face `datasets` dataset saved with `save_to_disk` (memory-mapped Arrow; needs `datasets`).
 

@@ -1,7 +1,7 @@
 """Row sources: index -> a plain dict of the row's fields, for each on-disk layout, without loading the file.
 
   - JsonlRows:  a JSON-lines file, scanned once for line offsets (8 bytes per row), rows read by seeking;
-  - ParquetRows: one parquet file or a folder of them, read one row group at a time (the last couple cached);
+  - ParquetRows: one parquet file or a folder of them, read one row group at a time (the last few cached);
   - HFDiskRows: a `datasets` dataset written by `save_to_disk` (memory-mapped Arrow; needs `datasets`).
 
 A row that cannot even be parsed raises `BadRow`, like every other problem a row can have (see formats.py).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,10 @@ class JsonlRows:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_fh": None, "_pid": -1}
 
+    def __del__(self) -> None:
+        if getattr(self, "_fh", None) is not None and self._pid == os.getpid():
+            self._fh.close()
+
 
 def index_lines(path: Path, chunk: int = 1 << 24) -> np.ndarray:
     """Byte offsets of the non-blank lines of a file, found with numpy 16 MiB at a time."""
@@ -88,9 +93,12 @@ def index_lines(path: Path, chunk: int = 1 << 24) -> np.ndarray:
 
 
 class ParquetRows:
-    """Rows of one parquet file (or a folder of them), read one row group at a time."""
+    """Rows of one parquet file (or a folder of them), read one row group at a time (the last few cached)."""
 
-    def __init__(self, path: str | Path, columns: list[str] | None = None, cache_groups: int = 2):
+    # The loader shuffles rows within windows of 4 row groups (train/loader.py): keep a window's groups cached.
+    LARGE_GROUP_BYTES = 256 << 20
+
+    def __init__(self, path: str | Path, columns: list[str] | None = None, cache_groups: int = 4):
         import pyarrow.parquet as pq
 
         path = Path(path)
@@ -113,6 +121,10 @@ class ParquetRows:
         self._cache: OrderedDict[int, Any] = OrderedDict()
         self._files: dict[int, Any] = {}
         self.largest_group_bytes = big
+        if big > self.LARGE_GROUP_BYTES:
+            warnings.warn(f"{path}: a row group holds {big / 2**20:.0f} MB; rows are read a group at a time, so "
+                          f"rewrite it with smaller groups: minimind-v data convert {path} OUT.parquet "
+                          "--row-group-size 1000", stacklevel=2)
 
     def __len__(self) -> int:
         return self.starts[-1]
