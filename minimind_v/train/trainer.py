@@ -214,38 +214,39 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
     t0, seen, tokens, ema, done = time.time(), 0, 0, None, start_step
     try:
         for step in bar:
-            micro = [to_device(next_batch(), device) for _ in range(cfg.accum)]
+            host = [next_batch() for _ in range(cfg.accum)]
+            # Counted on the host batches: no device synchronisation.
+            local_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in host)
+            seen += sum(b.get("n_samples", b["input_ids"].shape[0]) for b in host)
+            tokens += sum(int(b["attention_mask"].sum()) for b in host)
+            micro = [to_device(b, device) for b in host]
             if prepare:
                 micro = [prepare(b) for b in micro]
-            counts = torch.tensor([sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro),
-                                   float(stop["now"])], dtype=torch.float64, device=device)
+            counts = torch.tensor([local_tokens, int(stop["now"])], dtype=torch.long, device=device)
             dist.all_sum(counts)  # global labelled tokens, and whether any process was interrupted
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg) * g.get("lr_scale", 1.0)
-            loss_sum, aux_sum = 0.0, 0.0
+            loss_sum = aux_sum = torch.zeros((), device=device)
             for k, b in enumerate(micro):
                 sync = k == len(micro) - 1 or not dist.enabled
                 with (contextlib.nullcontext() if sync else step_fn.no_sync()), autocast(device, cfg.dtype):
                     ls, _, aux = step_fn(b)
                     total = ls * (dist.world / counts[0].float()) + aux / cfg.accum
                 (scaler.scale(total) if scaler else total).backward()
-                loss_sum += ls.item()
-                aux_sum += float(aux) / cfg.accum
+                loss_sum = loss_sum + ls.detach().float()
+                aux_sum = aux_sum + aux.detach().float() / cfg.accum
             if scaler:
                 scaler.unscale_(opt)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             (scaler.step(opt), scaler.update()) if scaler else opt.step()
             opt.zero_grad(set_to_none=True)
-            local_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro)
-            loss = loss_sum / max(1, local_tokens)
-            seen += sum(b.get("n_samples", b["input_ids"].shape[0]) for b in micro)
-            tokens += sum(int(b["attention_mask"].sum()) for b in micro)
+            loss = loss_sum.item() / max(1, local_tokens)  # one synchronisation per step
             ema = loss if ema is None else 0.9 * ema + 0.1 * loss
             bar.set_postfix(loss=f"{ema:.3f}")
             last = step == cfg.steps - 1
             if step % cfg.log_every == 0 or last:
                 el = time.time() - t0
-                row = {"stage": stage, "step": step, "loss": round(loss, 5), "aux": round(aux_sum, 5),
+                row = {"stage": stage, "step": step, "loss": round(loss, 5), "aux": round(aux_sum.item(), 5),
                        "lr": opt.param_groups[0]["lr"], "grad_norm": round(float(gnorm), 4),
                        "samples_per_s": round(seen / el, 2), "tokens_per_s": round(tokens / el, 1),
                        "elapsed_s": round(el, 1)}
