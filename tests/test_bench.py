@@ -9,10 +9,9 @@ import torch
 from PIL import Image
 
 from minimind_v.cli import main
-from minimind_v.data.collate import collate
+from minimind_v.data.packing import PadCollate
 from minimind_v.data.tokenizer import train_tokenizer
-from minimind_v.eval.bench import (CutEncoder, _WithFeatures, build_model, flops_per_step, length_grouped_order,
-                                   summary, synthetic_samples)
+from minimind_v.eval.bench import CutEncoder, build_model, flops_per_step, summary, synthetic_samples
 from minimind_v.eval.memory import PeakMemory
 from minimind_v.train.trainer import lm_loss
 
@@ -55,12 +54,18 @@ def test_bench_reads_a_parquet_set_and_groups_lengths(tmp_path, capsys):
     convs = [json.dumps([{"role": "user", "content": "<image>\nDescribe."},
                          {"role": "assistant", "content": "red " * n}]) for n in (2, 30, 3, 28, 4, 26, 5, 27)]
     pq.write_table(pa.table({"conversations": convs, "image_bytes": [buf.getvalue()] * 8}), tmp_path / "d.parquet")
-    args = ["bench", *TINY, "--data", str(tmp_path / "d.parquet"), "--only", "train", "--group-by-length"]
+    args = ["bench", *TINY, "--data", str(tmp_path / "d.parquet"), "--only", "train"]
     assert main(args) == 0
-    res = json.loads(capsys.readouterr().out)
-    assert "decode" not in res
-    widths = sorted(s[1] for s in res["train"]["fp32"]["batch_shapes"])
-    assert widths[0] < widths[-1] - 20  # ungrouped, every batch pairs a short and a long sample
+    plain = json.loads(capsys.readouterr().out)
+    assert "decode" not in plain
+    plain_widths = [s[1] for s in plain["train"]["fp32"]["batch_shapes"]]
+    assert main(args + ["--group-by-length"]) == 0
+    widths = sorted(s[1] for s in json.loads(capsys.readouterr().out)["train"]["fp32"]["batch_shapes"])
+    assert widths[0] < min(plain_widths) - 20  # in file order every batch pairs a short and a long sample
+    assert main(args + ["--pack", "--max-len", "200"]) == 0
+    packed = json.loads(capsys.readouterr().out)["train"]["fp32"]
+    assert all(rows == 1 for rows, _ in packed["batch_shapes"])  # two samples share one row
+    assert packed["samples_per_s"]["median"] > 0
 
 
 def test_bench_refuses_bad_sections_and_vision(capsys):
@@ -69,14 +74,17 @@ def test_bench_refuses_bad_sections_and_vision(capsys):
     assert main(["bench", *TINY, "--vision", "/no/such/encoder"]) == 2
 
 
-def test_bench_loss_is_the_trainers_loss(tiny_model_and_tok):
+def test_timing_the_encoder_apart_leaves_the_loss_unchanged(tiny_model_and_tok):
+    # the bench runs the encoder on its own (to time it) and hands the trainer's loss its features
     model, tok, rows = tiny_model_and_tok
     enc = CutEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, 96)
-    batch = collate([enc(r) for r in rows[:3]])
+    batch = PadCollate()([enc(r) for r in rows[:3]])
     with torch.no_grad():
         ref, _ = lm_loss(model, batch)
-        ours, _ = lm_loss(_WithFeatures(model, model.vision(batch["pixel_values"])), batch)
-    assert float(ours) == pytest.approx(float(ref), rel=1e-5)
+        split = {**{k: v for k, v in batch.items() if k != "pixel_values"},
+                 "vision_feats": model.vision(batch["pixel_values"])}
+        ours, _ = lm_loss(model, split)
+    assert float(ours) == pytest.approx(float(ref), rel=1e-6)
 
 
 def test_cut_encoder_cuts_like_the_reference(tiny_model_and_tok):
@@ -92,7 +100,7 @@ def test_cut_encoder_cuts_like_the_reference(tiny_model_and_tok):
 def test_flops_per_step_counts_what_the_docstring_says(tiny_model_and_tok):
     model, tok, rows = tiny_model_and_tok
     enc = CutEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, 96)
-    batch = collate([enc(r) for r in rows[:2]])
+    batch = PadCollate()([enc(r) for r in rows[:2]])
     llm = model.llm
     body = sum(p.numel() for n, p in llm.named_parameters() if "embed_tokens" not in n)
     real, labelled = int(batch["attention_mask"].sum()), int((batch["labels"][:, 1:] != -100).sum())
@@ -102,17 +110,6 @@ def test_flops_per_step_counts_what_the_docstring_says(tiny_model_and_tok):
                 + 6 * sum(p.numel() for p in model.projector.parameters()) * model.tokens_per_image * 2
                 + 2 * sum(p.numel() for p in model.vision.parameters()) * patches * 2)
     assert flops_per_step(model, batch) == expected
-
-
-def test_length_grouped_order_is_a_permutation_with_less_padding():
-    lengths = [(i * 37) % 200 + 10 for i in range(256)]
-    order = length_grouped_order(lengths, batch_size=4, window=8, seed=1)
-    assert sorted(order) == list(range(256)) and order == length_grouped_order(lengths, 4, 8, seed=1)
-
-    def padding(o):
-        return sum(max(lengths[i] for i in o[k:k + 4]) * 4 - sum(lengths[i] for i in o[k:k + 4])
-                   for k in range(0, len(o), 4))
-    assert padding(order) < 0.2 * padding(list(range(256)))
 
 
 def test_summary_and_peak_memory():

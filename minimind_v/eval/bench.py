@@ -28,10 +28,12 @@ from PIL import Image, ImageDraw
 
 from ..config import VisionConfig, VLMConfig, llm_preset
 from ..data.chat import encode_conversation, encode_prompt
-from ..data.collate import IGNORE, SampleEncoder, collate
+from ..data.collate import IGNORE, SampleEncoder
+from ..data.packing import PackCollate, PadCollate
 from ..infer.generate import GenerationConfig, generate_stream
 from ..model.vlm import MiniMindVLM
 from ..train.stages import apply_freeze
+from ..train.loader import EpochLoader
 from ..train.trainer import TrainConfig, autocast, lm_loss, make_optimizer, pick_device, to_device
 from .memory import PeakMemory
 
@@ -50,7 +52,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-len", type=int, default=256, help="longer samples are cut here, as the reference does")
     p.add_argument("--group-by-length", action="store_true",
-                   help="batch samples of similar length together (within windows of 64 batches)")
+                   help="the trainer's length-grouped order: batches of similar lengths, little padding")
+    p.add_argument("--pack", action="store_true", help="pack each batch's samples into rows of --max-len")
+    p.add_argument("--compile", action="store_true", help="torch.compile each decoder block, as the trainer can")
     p.add_argument("--freeze-llm", type=int, default=0, choices=[0, 1, 2])
     p.add_argument("--dtype", action="append", choices=["fp32", "bf16", "fp16"],
                    help="repeatable; default fp32, plus bf16 when the device runs bf16 matmuls at full speed")
@@ -118,28 +122,17 @@ class CutEncoder(SampleEncoder):
         return out
 
 
-def length_grouped_order(lengths: list[int], batch_size: int, window: int = 64, seed: int = 0) -> list[int]:
-    """Shuffle, then sort each window of `window` batches by length: batches hold similar lengths (little
-    padding) while the order across windows stays random. Batches are shuffled within the window too."""
-    rng = random.Random(seed)
-    order = rng.sample(range(len(lengths)), len(lengths))
-    out: list[int] = []
-    span = window * batch_size
-    for s in range(0, len(order), span):
-        chunk = sorted(order[s:s + span], key=lambda i: lengths[i])
-        batches = [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-        rng.shuffle(batches)
-        out += [i for b in batches for i in b]
-    return out
+class EncodedRows(torch.utils.data.Dataset):
+    """rows[i] through the encoder: what the trainer's RowDataset does, minus its skipping of broken rows."""
 
+    def __init__(self, rows: Any, encode: Callable[[dict[str, Any]], dict[str, torch.Tensor]]):
+        self.rows, self.encode = rows, encode
 
-def batch_stream(rows: Any, encode: Callable, batch_size: int, order: list[int]) -> Iterator[dict[str, Any]]:
-    """Batches read, encoded and collated in this process, cycling over `order` forever."""
-    k = 0
-    while True:
-        idx = [order[(k + j) % len(order)] for j in range(batch_size)]
-        k += batch_size
-        yield collate([encode(rows[i]) for i in idx])
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.encode(self.rows[int(i)])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -171,17 +164,6 @@ def matmul_peak_tflops(device: torch.device, dtype: str, reps: int = 6) -> float
     return 2 * n ** 3 / best / 1e12
 
 
-class _WithFeatures:
-    """Looks like the VLM to `lm_loss`, but splices in image features the bench computed (and timed) already."""
-
-    def __init__(self, model: MiniMindVLM, feats: torch.Tensor | None):
-        self.model, self.feats, self.llm = model, feats, model.llm
-
-    def __call__(self, input_ids: torch.Tensor, pixel_values: Any = None, **kw: Any):
-        embeds = None if self.feats is None else self.model.projector(self.feats.to(self.model.projector_dtype))
-        return self.model(input_ids, None, image_embeds=embeds, **kw)
-
-
 def flops_per_step(model: MiniMindVLM, batch: dict[str, torch.Tensor]) -> float:
     """Model FLOPs of one training step (see the module docstring for what is counted)."""
     llm = model.llm
@@ -190,7 +172,8 @@ def flops_per_step(model: MiniMindVLM, batch: dict[str, torch.Tensor]) -> float:
     real = int(batch["attention_mask"].sum())
     labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
     flops = 6 * train_llm * real + 6 * head * labelled
-    n_images = int(batch["pixel_values"].shape[0]) if "pixel_values" in batch else 0
+    images = batch.get("pixel_values", batch.get("vision_feats"))
+    n_images = 0 if images is None else int(images.shape[0])
     if n_images:
         proj = sum(p.numel() for p in model.projector.parameters())
         tcfg = model.vision.tower.config
@@ -206,7 +189,8 @@ def flops_per_step(model: MiniMindVLM, batch: dict[str, torch.Tensor]) -> float:
 
 
 def bench_train(model: MiniMindVLM, batches: Iterator[dict[str, Any]], *, device: torch.device, dtype: str,
-                warmup: int, steps: int, repeats: int, peak_tflops: float | None) -> dict[str, Any]:
+                warmup: int, steps: int, repeats: int, peak_tflops: float | None, batch_size: int) -> dict[str, Any]:
+    """Time `warmup + steps * repeats` training steps; `batch_size` samples per step (packed rows hold several)."""
     model.to(device).train()
     opt = make_optimizer(model, TrainConfig(lr=1e-4))
     frozen_vision = not any(p.requires_grad for p in model.vision.parameters())
@@ -218,13 +202,12 @@ def bench_train(model: MiniMindVLM, batches: Iterator[dict[str, Any]], *, device
         _sync(device)
         t1 = time.perf_counter()
         with autocast(device, dtype):
-            feats = None
-            if "pixel_values" in batch:
-                with torch.set_grad_enabled(not frozen_vision):
-                    feats = model.vision(batch["pixel_values"])
+            if "pixel_values" in batch:  # the encoder runs here, timed on its own; the trainer's loss then
+                with torch.set_grad_enabled(not frozen_vision):  # takes its features as a feature cache's
+                    batch["vision_feats"] = model.vision(batch.pop("pixel_values"))
             _sync(device)
             t2 = time.perf_counter()
-            loss, aux = lm_loss(_WithFeatures(model, feats), batch)
+            loss, aux = lm_loss(model, batch)
             total = loss + aux
         _sync(device)
         t3 = time.perf_counter()
@@ -242,7 +225,7 @@ def bench_train(model: MiniMindVLM, batches: Iterator[dict[str, Any]], *, device
             groups.append([])
         shapes.append(list(batch["input_ids"].shape))
         groups[-1].append({"data_s": t1 - t0, "vision_s": t2 - t1, "llm_forward_s": t3 - t2, "backward_s": t4 - t3,
-                           "optimizer_s": t5 - t4, "step_s": t5 - t0, "samples": batch["input_ids"].shape[0],
+                           "optimizer_s": t5 - t4, "step_s": t5 - t0, "samples": batch_size,
                            "tokens": int(batch["attention_mask"].sum()), "padded_tokens": batch["input_ids"].numel(),
                            "flops": flops_per_step(model, batch), "loss": loss.item()})
     per_repeat: dict[str, list[float]] = {k: [] for k in ("samples_per_s", "tokens_per_s", "padded_tokens_per_s",
@@ -360,20 +343,26 @@ def bench_from_args(a: argparse.Namespace) -> dict[str, Any]:
         if len(tok) > model.cfg.llm.vocab_size:
             raise ValueError(f"tokenizer has {len(tok)} tokens, more than the model's vocabulary")
         apply_freeze(model, a.freeze_llm)
+        if a.compile:
+            for layer in model.llm.layers:
+                layer.compile(dynamic=True)
         enc = CutEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, a.max_len)
-        order = list(range(len(rows)))
+        lengths = None
         if a.group_by_length:
-            lens = [len(encode_conversation(tok, _record(rows, i)["conversations"], tokens_per_image=
-                                            model.tokens_per_image, image_token=model.cfg.image_token)[0])
-                    for i in order]
-            order = length_grouped_order([min(n, a.max_len) for n in lens], a.batch_size, seed=a.seed)
+            lengths = [min(a.max_len, len(encode_conversation(tok, _record(rows, i)["conversations"],
+                                                              tokens_per_image=model.tokens_per_image,
+                                                              image_token=model.cfg.image_token)[0]))
+                       for i in range(len(rows))]
+        # Without grouping, rows are read in file order: the reference reads the same rows the same way.
+        loader = EpochLoader(EncodedRows(rows, enc), a.batch_size, seed=a.seed, shuffle=a.group_by_length,
+                             lengths=lengths, collate_fn=PackCollate(a.max_len) if a.pack else PadCollate())
         init = {k: v.detach().clone() for k, v in model.state_dict().items()}
         res["train"] = {}
         for dt in dtypes:
             model.load_state_dict(init)  # every dtype starts from the same weights
             mem.reset()
-            r = bench_train(model, batch_stream(rows, enc, a.batch_size, order), device=device, dtype=dt,
-                            warmup=a.warmup, steps=a.steps, repeats=a.repeats, peak_tflops=peaks.get(dt))
+            r = bench_train(model, loader.batches(), device=device, dtype=dt, warmup=a.warmup, steps=a.steps,
+                            repeats=a.repeats, peak_tflops=peaks.get(dt), batch_size=a.batch_size)
             r["peak_memory_mb"] = mem.read()
             res["train"][dt] = r
     if "decode" in sections:
