@@ -80,7 +80,7 @@ LLM_PRESETS: dict[str, LLMConfig] = {
     # Small models for the embedded shapes world (a 2-core CPU trains these in minutes).
     "shapes-tiny": LLMConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=192, vocab_size=512,
                              max_seq_len=256),
-    "shapes": LLMConfig(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, ffn_dim=704, vocab_size=1024,
+    "shapes": LLMConfig(dim=192, n_layers=4, n_heads=6, n_kv_heads=3, ffn_dim=512, vocab_size=1024,
                         max_seq_len=512, qk_norm=True, norm_eps=1e-6),
 }
 
@@ -89,12 +89,13 @@ LLM_PRESETS: dict[str, LLMConfig] = {
 class VisionConfig:
     """Which encoder turns pixels into patch features, and how they are reduced before the projector.
 
-    kind="scratch": a small CLIP-style vision transformer built from `width/layers/heads/patch/image_size`
-    and trained here (the embedded default). kind="clip"/"siglip": a pretrained transformers encoder loaded
-    from the local directory `path` and kept frozen.
+    kind="scratch": a small CLIP-style vision transformer built from `width/layers/heads/patch/image_size` and
+    trained here. kind="cnn": a small ResNet (`width` = last stage's channels, `layers` = blocks per stage,
+    16x downsampling) with coordinate channels, trained here (the embedded default). kind="clip"/"siglip":
+    a pretrained transformers encoder loaded from the local directory `path` and kept frozen.
     """
 
-    kind: str = "scratch"  # scratch | clip | siglip
+    kind: str = "scratch"  # scratch | cnn | clip | siglip
     path: str = ""  # local directory for clip / siglip
     image_size: int = 96
     patch_size: int = 16

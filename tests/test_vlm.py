@@ -119,3 +119,16 @@ def test_batched_generation_equals_one_by_one_and_full_forward():
 def test_missing_encoder_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot see"):
         VisionEncoder(VisionConfig(kind="clip", path=str(tmp_path / "nope")))
+
+
+def test_cnn_encoder_tokens_carry_their_cell_and_round_trip(tmp_path):
+    enc = VisionEncoder(VisionConfig(kind="cnn", image_size=96, width=32, layers=1, merge=2)).eval()
+    assert enc.n_tokens == 9 and enc.out_dim == 128
+    px = torch.zeros(2, 3, 96, 96)  # a blank image: only the coordinate channels tell the tokens apart
+    f = enc(px)
+    assert f.shape == (2, 9, 128)
+    assert (f[0, 0] - f[0, 8]).abs().max() > 1e-4
+    enc.save_pretrained(tmp_path)
+    again = VisionEncoder(VisionConfig(kind="cnn", path=str(tmp_path), image_size=96, width=32, layers=1,
+                                       merge=2)).eval()
+    torch.testing.assert_close(again(px), f)

@@ -4,7 +4,9 @@ Three kinds share one code path, so the embedded default exercises exactly what 
   - "clip":    transformers' CLIPVisionModel from a local folder (MiniMind2-V: ViT-B/16, CLS dropped -> 196 x 768)
   - "siglip":  transformers' SiglipVisionModel from a local folder (minimind-3v: SigLIP2 P32, 64 x 768,
                post-layernorm included in its last hidden state)
-  - "scratch": a small CLIP vision transformer built from a config and trained here on the shapes world.
+  - "scratch": a small CLIP vision transformer built from a config and trained here.
+  - "cnn":     a small ResNet (transformers' ResNetModel) with coordinate channels, trained here: it learns
+               shapes from far fewer images than a vision transformer (the embedded default uses it).
 An optional k x k pixel-shuffle merge trades tokens for width (4x fewer tokens at k=2).
 """
 from __future__ import annotations
@@ -41,6 +43,26 @@ def pixel_shuffle(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(n, (g // k) ** 2, k * k * c)
 
 
+CNN_STRIDE = 16  # stem (conv stride 2 + max-pool 2), then two stride-2 stages
+
+
+def with_coords(x: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] -> [N, 5, H, W]: append x and y coordinates in [-1, 1]."""
+    n, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+    return torch.cat([x, xs, ys], dim=1)
+
+
+def cnn_config(cfg: VisionConfig):
+    """A small ResNet (transformers' ResNetModel): three stages of basic blocks, widths width/4, width/2, width."""
+    from transformers import ResNetConfig
+
+    w = cfg.width
+    return ResNetConfig(num_channels=5, embedding_size=w // 4, hidden_sizes=[w // 4, w // 2, w],
+                        depths=[cfg.layers] * 3, layer_type="basic", downsample_in_first_stage=False)
+
+
 class VisionEncoder(nn.Module):
     """Wraps a transformers vision tower and its image processor.
 
@@ -53,17 +75,27 @@ class VisionEncoder(nn.Module):
         self.cfg = cfg
         self.tower, self.processor = _build_tower(cfg)
         self.tower.requires_grad_(not cfg.freeze)
-        tcfg = self.tower.config
+        self._set_geometry()
+
+    def _set_geometry(self) -> None:
+        cfg, tcfg = self.cfg, self.tower.config
         self.is_clip = cfg.kind in ("clip", "scratch")
-        grid = tcfg.image_size // tcfg.patch_size
+        if cfg.kind == "cnn":  # a ResNet: 16x downsampling, its last stage's channels
+            self.image_size, width, grid = cfg.image_size, tcfg.hidden_sizes[-1], cfg.image_size // CNN_STRIDE
+        else:
+            self.image_size, width, grid = tcfg.image_size, tcfg.hidden_size, tcfg.image_size // tcfg.patch_size
         if cfg.merge > 1 and grid % cfg.merge:
             raise ValueError(f"merge {cfg.merge} does not divide the {grid}x{grid} patch grid")
         self.n_tokens = (grid // cfg.merge) ** 2
-        self.out_dim = tcfg.hidden_size * cfg.merge * cfg.merge
-        self.image_size = tcfg.image_size
+        self.out_dim = width * cfg.merge * cfg.merge
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = next(self.tower.parameters()).dtype
+        if self.cfg.kind == "cnn":
+            # A CNN's features say what is there, not where: two coordinate channels (CoordConv) let every
+            # token also say which cell it is, which the LLM needs for "Where is ...?".
+            out = self.tower(pixel_values=with_coords(pixel_values.to(dtype))).last_hidden_state
+            return pixel_shuffle(out.flatten(2).transpose(1, 2), self.cfg.merge)
         out = self.tower(pixel_values=pixel_values.to(dtype)).last_hidden_state
         if self.is_clip:
             if self.cfg.drop_cls:
@@ -87,6 +119,10 @@ def _build_tower(cfg: VisionConfig):
     from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionModel
 
     clip_proc, siglip_proc = _image_processor_classes()
+    if cfg.kind == "cnn" and not cfg.path:
+        from transformers import ResNetModel
+
+        return ResNetModel(cnn_config(cfg)), _plain_processor(clip_proc, cfg.image_size)
     if cfg.kind == "scratch" and not cfg.path:
         vcfg = CLIPVisionConfig(
             hidden_size=cfg.width, intermediate_size=4 * cfg.width, num_hidden_layers=cfg.layers,
@@ -94,11 +130,7 @@ def _build_tower(cfg: VisionConfig):
             hidden_act="gelu", projection_dim=cfg.width,
         )
         tower = CLIPVisionModel(vcfg)
-        # The shapes world is drawn on a light background: plain 0.5 / 0.5 normalisation is enough.
-        proc = clip_proc(size={"shortest_edge": cfg.image_size},
-                         crop_size={"height": cfg.image_size, "width": cfg.image_size},
-                         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], resample=Image.BILINEAR)
-        return tower, proc
+        return tower, _plain_processor(clip_proc, cfg.image_size)
     path = Path(cfg.path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
@@ -106,6 +138,7 @@ def _build_tower(cfg: VisionConfig):
             f"{cfg.kind} model saved with save_pretrained (a VLM without its encoder cannot see)")
     model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
     kind = "siglip" if cfg.kind == "siglip" or model_type.startswith("siglip") else "clip"
+    from transformers import ResNetModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a loading bar per encoder is noise in every command's output
@@ -114,7 +147,10 @@ def _build_tower(cfg: VisionConfig):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # dtype float32: transformers >= 5 would otherwise keep a float16 checkpoint in float16.
-        if kind == "siglip":
+        if cfg.kind == "cnn" or model_type == "resnet":
+            tower = ResNetModel.from_pretrained(path, dtype=torch.float32)
+            proc = clip_proc.from_pretrained(path)
+        elif kind == "siglip":
             tower = SiglipVisionModel.from_pretrained(path, dtype=torch.float32)
             proc = siglip_proc.from_pretrained(path)
         else:
@@ -122,3 +158,9 @@ def _build_tower(cfg: VisionConfig):
             proc = clip_proc.from_pretrained(path)
     hf_logging.set_verbosity(verbosity)
     return tower.eval(), proc
+
+
+def _plain_processor(proc_cls, size: int):
+    """Resize the short side, centre-crop, scale to [-1, 1]: all a from-scratch encoder needs."""
+    return proc_cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                    image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], resample=Image.BILINEAR)

@@ -34,13 +34,13 @@ from .vision_pretrain import pretrain_vision, probe_vision
 class QuickstartConfig:
     llm_preset: str = "shapes"
     vocab_size: int = 1024
-    vision: VisionConfig = field(default_factory=lambda: VisionConfig(kind="scratch", image_size=96, patch_size=16,
-                                                                      width=192, layers=4, heads=4, merge=2))
+    vision: VisionConfig = field(default_factory=lambda: VisionConfig(kind="cnn", image_size=96, width=128, layers=1,
+                                                                      merge=2))
     tokenizer_samples: int = 3000
-    vision_steps: int = 300
+    vision_steps: int = 450
     vision_batch: int = 64
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=150, batch_size=32, lr=2e-3, warmup=20))
-    sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, batch_size=32, lr=1.5e-3, warmup=50))
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, batch_size=32, lr=2e-3, warmup=20))
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1300, batch_size=32, lr=2e-3, warmup=50))
     max_len: int = 256
     eval_per_kind: int = 50
     workers: int = 1

@@ -11,8 +11,8 @@ import dataclasses
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import (CLIPVisionConfig, CLIPVisionModel, GenerationMixin, PreTrainedModel, SiglipVisionConfig,
-                          SiglipVisionModel)
+from transformers import (CLIPVisionConfig, CLIPVisionModel, GenerationMixin, PreTrainedModel, ResNetConfig,
+                          ResNetModel, SiglipVisionConfig, SiglipVisionModel)
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -37,16 +37,13 @@ class StoredVisionEncoder(VisionEncoder):
         self.cfg = cfg
         if cfg.kind == "siglip":
             self.tower = SiglipVisionModel(SiglipVisionConfig.from_dict(tower_config))
+        elif cfg.kind == "cnn":
+            self.tower = ResNetModel(ResNetConfig.from_dict(tower_config))
         else:
             self.tower = CLIPVisionModel(CLIPVisionConfig.from_dict(tower_config))
         self.tower.requires_grad_(not cfg.freeze)
         self.processor = None
-        self.is_clip = cfg.kind in ("clip", "scratch")
-        tcfg = self.tower.config
-        grid = tcfg.image_size // tcfg.patch_size
-        self.n_tokens = (grid // cfg.merge) ** 2
-        self.out_dim = tcfg.hidden_size * cfg.merge * cfg.merge
-        self.image_size = tcfg.image_size
+        self._set_geometry()
 
 
 class _CacheView:
