@@ -51,7 +51,7 @@ QUICKSTART_PRESETS: dict[str, QuickstartConfig] = {
     "default": QuickstartConfig(),
     "smoke": QuickstartConfig(
         llm_preset="shapes-tiny", vocab_size=512, tokenizer_samples=300,
-        vision=VisionConfig(kind="scratch", image_size=48, patch_size=8, width=32, layers=1, heads=2, merge=2),
+        vision=VisionConfig(kind="cnn", image_size=48, width=32, layers=1, merge=1),
         vision_steps=5, vision_batch=16,
         pretrain=TrainConfig(steps=5, batch_size=8, lr=2e-3), sft=TrainConfig(steps=10, batch_size=8, lr=2e-3),
         eval_per_kind=2, workers=0),
