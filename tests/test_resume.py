@@ -53,8 +53,9 @@ def setup(tmp_path_factory):
 def _spawn(argv: list[str]) -> subprocess.Popen:
     code = ("import sys; from minimind_v.cli import main; sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # its own process group, like a terminal's foreground job: Ctrl-C reaches the trainer and its workers
     return subprocess.Popen([sys.executable, "-c", code, *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def _wait_for_step(proc: subprocess.Popen, metrics: Path, step: int, timeout: float = 60) -> None:
@@ -91,12 +92,12 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted(setup):
     _assert_same(load_file(str(out / "model.safetensors")), ref)
 
 
-def test_sigint_saves_then_resume_matches(setup):
+def test_ctrl_c_saves_then_resume_matches(setup):
     root, data, ref = setup
     out = root / "interrupted"
-    proc = _spawn(_argv(data, root / "tok", out, "--save-every", "1000"))
+    proc = _spawn(_argv(data, root / "tok", out, "--save-every", "1000", "--workers", "2"))
     _wait_for_step(proc, out / "metrics.jsonl", 3)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: DataLoader workers get it too
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output[-2000:]
     meta = json.loads(_header(out / STATE_FILE)["state"])["meta"]

@@ -12,6 +12,7 @@ processes with batch 4 see together. Three orders:
 """
 from __future__ import annotations
 
+import signal
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -78,8 +79,15 @@ class EpochLoader:
         loader = DataLoader(self.dataset, batch_sampler=_Batches(self, start), collate_fn=self.collate_fn,
                             num_workers=self.workers, pin_memory=self.pin_memory,
                             persistent_workers=False, prefetch_factor=4 if self.workers else None,
-                            generator=torch.Generator().manual_seed(self.seed + start))
+                            generator=torch.Generator().manual_seed(self.seed + start),
+                            worker_init_fn=_ignore_sigint if self.workers else None)
         yield from loader
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal: workers ignore it and keep serving the batches the
+    trainer still needs while it finishes its step and saves (a worker killed by it would end the run)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Batches:
