@@ -58,29 +58,33 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="scratch folder for rows and results")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--rss-preset", default="minimind2-small", help="model whose inference RSS is reported")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps of every training run")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps of every training run (both sides)")
+    ap.add_argument("--compile", action="store_true", help="also time ours with torch.compile on the long rows")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     rounds = []
+    steps = ["--warmup", str(a.warmup), "--steps", str(a.steps)]
     for r in range(a.rounds):
         res: dict = {}
         for name, words in SETTINGS.items():
             rows = a.work / f"{name}.parquet"
             make = [] if rows.is_file() else ["--write-parquet", str(rows)]
-            ref = reference(a, [*words, "--rows", "400", "--warmup", "2", "--steps", "6", "--skip-gen", *make],
-                            a.work / f"ref_{name}_{r}.json")
-            plain = ours(a, [*OURS, "--data", str(rows), "--only", "train", "--warmup", "2", "--steps", "4",
-                             "--repeats", "3"], a.work / f"ours_{name}_{r}.json")
-            grouped = ours(a, [*OURS, "--data", str(rows), "--only", "train", "--warmup", "2", "--steps", "4",
-                               "--repeats", "3", "--group-by-length"], a.work / f"ours_{name}_grouped_{r}.json")
+            ref = reference(a, [*words, "--rows", "400", *steps, "--skip-gen", *make], a.work / f"ref_{name}_{r}.json")
             ref_sps = 4 / ref["train"]["step_s"]["median"]
-            res[name] = {"reference_samples_per_s": ref_sps,
-                         "ours_samples_per_s": plain["train"]["fp32"]["samples_per_s"]["median"],
-                         "ours_grouped_samples_per_s": grouped["train"]["fp32"]["samples_per_s"]["median"]}
-            res[name]["ratio"] = res[name]["ours_samples_per_s"] / ref_sps
-            res[name]["ratio_grouped"] = res[name]["ours_grouped_samples_per_s"] / ref_sps
-        ref = reference(a, [*SETTINGS["realistic"], "--skip-train", "--gen-tokens", "100", "--gen-runs", "3"],
+            res[name] = {"reference_samples_per_s": ref_sps, "load_avg": os.getloadavg()[0]}
+            variants = {"": [], "_grouped": ["--group-by-length"]}
+            if name == "long":  # every sample is 768 tokens: grouping cannot change anything
+                variants = {"": [], **({"_compiled": ["--compile"]} if a.compile else {})}
+            for suffix, extra in variants.items():
+                # file order reads exactly the reference's rows; grouping reads a random 4 * steps of them
+                mine = ours(a, [*OURS, "--data", str(rows), "--only", "train", *steps, "--repeats", "1", *extra],
+                            a.work / f"ours_{name}{suffix}_{r}.json")["train"]["fp32"]
+                res[name][f"ours{suffix}_samples_per_s"] = mine["samples_per_s"]["median"]
+                res[name][f"ratio{suffix}"] = mine["samples_per_s"]["median"] / ref_sps
+        ref = reference(a, [*SETTINGS["realistic"], "--skip-train", "--gen-tokens", "100", "--gen-runs", "2"],
                         a.work / f"ref_decode_{r}.json")
-        dec = ours(a, [*OURS, "--only", "decode", "--decode-tokens", "100", "--repeats", "3"],
+        dec = ours(a, [*OURS, "--only", "decode", "--decode-tokens", "100", "--repeats", "2"],
                    a.work / f"ours_decode_{r}.json")["decode"]["fp32"]
         res["decode"] = {"reference_tokens_per_s": ref["generate"]["decode_tok_per_s"]["median"],
                          "ours_tokens_per_s": dec["batch1"]["decode_tokens_per_s"]["median"],
@@ -95,7 +99,7 @@ def main() -> None:
     summary = {"rounds": rounds, "inference_rss_mb": rss["decode"]["fp32"]["peak_memory_mb"]["peak_mb"],
                "inference_model": f"{a.rss_preset} + {Path(a.vision).name}", "params_M": rss["params_M"]}
     for key in ("long", "realistic", "decode"):
-        for field in ("ratio", "ratio_grouped"):
+        for field in ("ratio", "ratio_grouped", "ratio_compiled"):
             if field in rounds[0][key]:
                 summary[f"{key}_{field}_median"] = round(statistics.median(x[key][field] for x in rounds), 2)
     (a.work / "vs_reference.json").write_text(json.dumps(summary, indent=1))

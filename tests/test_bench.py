@@ -121,3 +121,12 @@ def test_summary_and_peak_memory():
     after = mem.read()
     del block
     assert after["peak_mb"] >= before["peak_mb"] + (60 if after["exact"] else 0)
+
+
+def test_bench_an_existing_run_directory(tiny_run, capsys):
+    args = ["bench", "--model", str(tiny_run), "--batch-size", "2", "--max-len", "64", "--warmup", "0", "--steps", "1",
+            "--repeats", "1", "--decode-tokens", "3", "--decode-batch", "2", "--dtype", "fp32"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["params_M"]["llm"] < 0.1  # the tiny run's own model, not a preset
+    assert res["train"]["fp32"]["samples_per_s"]["n"] == 1 and "batch2" in res["decode"]["fp32"]
