@@ -13,7 +13,7 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,9 @@ def check_dataset(path: str | Path, opts: CheckOptions | None = None, workers: i
 
     bar = tqdm(total=n, desc="check", disable=not progress, dynamic_ncols=True)
     if workers > 1:
-        with get_context("spawn").Pool(workers) as pool:
+        # fork starts workers in milliseconds (they only read files and decode images); spawn elsewhere
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        with get_context(method).Pool(workers) as pool:
             for part in pool.imap(_check_range_star, jobs):
                 parts.append(part)
                 bar.update(part[0].rows)
