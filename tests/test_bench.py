@@ -62,8 +62,9 @@ def test_bench_reads_a_parquet_set_and_groups_lengths(tmp_path, capsys):
     assert main(args + ["--group-by-length"]) == 0
     widths = sorted(s[1] for s in json.loads(capsys.readouterr().out)["train"]["fp32"]["batch_shapes"])
     assert widths[0] < min(plain_widths) - 20  # in file order every batch pairs a short and a long sample
-    assert main(args + ["--pack", "--max-len", "200"]) == 0
+    assert main(args + ["--pack", "--max-len", "200", "--fused-adamw"]) == 0
     packed = json.loads(capsys.readouterr().out)["train"]["fp32"]
+    assert packed["optimizer"] == "AdamW fused" and plain["train"]["fp32"]["optimizer"] == "AdamW"
     assert all(rows == 1 for rows, _ in packed["batch_shapes"])  # two samples share one row
     assert packed["samples_per_s"]["median"] > 0
 

@@ -55,6 +55,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="the trainer's length-grouped order: batches of similar lengths, little padding")
     p.add_argument("--pack", action="store_true", help="pack each batch's samples into rows of --max-len")
     p.add_argument("--compile", action="store_true", help="torch.compile each decoder block, as the trainer can")
+    p.add_argument("--fused-adamw", action="store_true",
+                   help="the trainer's AdamW groups with fused=True (one kernel per tensor; the trainer fuses on CUDA)")
     p.add_argument("--freeze-llm", type=int, default=0, choices=[0, 1, 2])
     p.add_argument("--dtype", action="append", choices=["fp32", "bf16", "fp16"],
                    help="repeatable; default fp32, plus bf16 when the device runs bf16 matmuls at full speed")
@@ -190,10 +192,14 @@ def flops_per_step(model: MiniMindVLM, batch: dict[str, torch.Tensor]) -> float:
 
 
 def bench_train(model: MiniMindVLM, batches: Iterator[dict[str, Any]], *, device: torch.device, dtype: str,
-                warmup: int, steps: int, repeats: int, peak_tflops: float | None, batch_size: int) -> dict[str, Any]:
+                warmup: int, steps: int, repeats: int, peak_tflops: float | None, batch_size: int,
+                fused_adamw: bool = False) -> dict[str, Any]:
     """Time `warmup + steps * repeats` training steps; `batch_size` samples per step (packed rows hold several)."""
     model.to(device).train()
     opt = make_optimizer(model, TrainConfig(lr=1e-4))
+    if fused_adamw and not opt.defaults.get("fused"):
+        keep = ("lr", "betas", "eps", "weight_decay", "amsgrad")
+        opt = torch.optim.AdamW(opt.param_groups, fused=True, **{k: opt.defaults[k] for k in keep})
     frozen_vision = not any(p.requires_grad for p in model.vision.parameters())
     groups: list[list[dict[str, float]]] = []
     shapes = []
@@ -249,6 +255,7 @@ def bench_train(model: MiniMindVLM, batches: Iterator[dict[str, Any]], *, device
         out["mfu"] = summary([t / peak_tflops for t in per_repeat["achieved_tflops"]])
         out["mfu_model"] = summary([t / peak_tflops for t in per_repeat["achieved_tflops_model"]])
     out["samples_per_min"] = summary([60 * s for s in per_repeat["samples_per_s"]], 2)
+    out["optimizer"] = "AdamW" + (" fused" if opt.defaults.get("fused") else "")
     out["batch_shapes"] = shapes
     out["last_loss"] = round(groups[-1][-1]["loss"], 4)
     return out
@@ -363,7 +370,8 @@ def bench_from_args(a: argparse.Namespace) -> dict[str, Any]:
             model.load_state_dict(init)  # every dtype starts from the same weights
             mem.reset()
             r = bench_train(model, loader.batches(), device=device, dtype=dt, warmup=a.warmup, steps=a.steps,
-                            repeats=a.repeats, peak_tflops=peaks.get(dt), batch_size=a.batch_size)
+                            repeats=a.repeats, peak_tflops=peaks.get(dt), batch_size=a.batch_size,
+                            fused_adamw=a.fused_adamw)
             r["peak_memory_mb"] = mem.read()
             res["train"][dt] = r
     if "decode" in sections:
