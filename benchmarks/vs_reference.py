@@ -57,10 +57,13 @@ def main() -> None:
     ap.add_argument("--vision", required=True, help="siglip2-base-p32-256-ve folder (make_vision_encoders.py)")
     ap.add_argument("--work", type=Path, required=True, help="scratch folder for rows and results")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--rss-preset", default="minimind2-small", help="model whose inference RSS is reported")
+    ap.add_argument("--rss-preset", default="minimind2-small", help="model whose inference RSS is reported ('none': skip)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps of every training run")
     ap.add_argument("--steps", type=int, default=6, help="timed steps of every training run (both sides)")
     ap.add_argument("--compile", action="store_true", help="also time ours with torch.compile on the long rows")
+    ap.add_argument("--fused-adamw", action="store_true", help="also time ours with fused AdamW (grouped batches)")
+    ap.add_argument("--no-plain", action="store_true", help="skip ours in file order / without grouping")
+    ap.add_argument("--no-decode", action="store_true", help="skip the decoding comparison")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     rounds = []
@@ -73,15 +76,23 @@ def main() -> None:
             ref = reference(a, [*words, "--rows", "400", *steps, "--skip-gen", *make], a.work / f"ref_{name}_{r}.json")
             ref_sps = 4 / ref["train"]["step_s"]["median"]
             res[name] = {"reference_samples_per_s": ref_sps, "load_avg": os.getloadavg()[0]}
-            variants = {"": [], "_grouped": ["--group-by-length"]}
-            if name == "long":  # every sample is 768 tokens: grouping cannot change anything
-                variants = {"": [], **({"_compiled": ["--compile"]} if a.compile else {})}
+            group = [] if name == "long" else ["--group-by-length"]  # long rows: all 768, nothing to group
+            variants = {"": [], "_grouped": group} if group else {"": []}
+            if a.no_plain:
+                variants = {}
+            if a.fused_adamw:
+                variants["_fused"] = [*group, "--fused-adamw"]
+            if a.compile and name == "long":
+                variants["_compiled"] = ["--compile"]
             for suffix, extra in variants.items():
                 # file order reads exactly the reference's rows; grouping reads a random 4 * steps of them
                 mine = ours(a, [*OURS, "--data", str(rows), "--only", "train", *steps, "--repeats", "1", *extra],
                             a.work / f"ours_{name}{suffix}_{r}.json")["train"]["fp32"]
                 res[name][f"ours{suffix}_samples_per_s"] = mine["samples_per_s"]["median"]
                 res[name][f"ratio{suffix}"] = mine["samples_per_s"]["median"] / ref_sps
+        rounds.append(res)
+        if a.no_decode:
+            continue
         ref = reference(a, [*SETTINGS["realistic"], "--skip-train", "--gen-tokens", "100", "--gen-runs", "2"],
                         a.work / f"ref_decode_{r}.json")
         dec = ours(a, [*OURS, "--only", "decode", "--decode-tokens", "100", "--repeats", "2"],
@@ -92,15 +103,17 @@ def main() -> None:
                          "ours_ttft_s": dec["batch1"]["time_to_first_token_s"]["median"],
                          "reference_prefill_s": ref["generate"]["prefill_s"]["median"]}
         res["decode"]["ratio"] = res["decode"]["ours_tokens_per_s"] / res["decode"]["reference_tokens_per_s"]
-        rounds.append(res)
         print(json.dumps(res, indent=1), flush=True)
+    print(json.dumps(rounds, indent=1), flush=True)
+    if a.rss_preset == "none":
+        return
     rss = ours(a, ["--preset", a.rss_preset, "--threads", "2", "--dtype", "fp32", "--only", "decode",
                    "--decode-tokens", "100", "--decode-batch", "1", "--repeats", "2"], a.work / "ours_rss.json")
     summary = {"rounds": rounds, "inference_rss_mb": rss["decode"]["fp32"]["peak_memory_mb"]["peak_mb"],
                "inference_model": f"{a.rss_preset} + {Path(a.vision).name}", "params_M": rss["params_M"]}
     for key in ("long", "realistic", "decode"):
-        for field in ("ratio", "ratio_grouped", "ratio_compiled"):
-            if field in rounds[0][key]:
+        for field in ("ratio", "ratio_grouped", "ratio_fused", "ratio_compiled"):
+            if field in rounds[0].get(key, {}):
                 summary[f"{key}_{field}_median"] = round(statistics.median(x[key][field] for x in rounds), 2)
     (a.work / "vs_reference.json").write_text(json.dumps(summary, indent=1))
     print("\n| figure | ratio (median of rounds) |\n|---|---|")
