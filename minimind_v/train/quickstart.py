@@ -43,6 +43,7 @@ class QuickstartConfig:
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1300, batch_size=32, lr=2e-3, warmup=50))
     max_len: int = 256
     eval_per_kind: int = 50
+    eval_digits: int = 360  # the whole held-out digit split
     workers: int = 1
     dtype: str = "fp32"
 
@@ -54,7 +55,7 @@ QUICKSTART_PRESETS: dict[str, QuickstartConfig] = {
         vision=VisionConfig(kind="cnn", image_size=48, width=32, layers=1, merge=1),
         vision_steps=5, vision_batch=16,
         pretrain=TrainConfig(steps=5, batch_size=8, lr=2e-3), sft=TrainConfig(steps=10, batch_size=8, lr=2e-3),
-        eval_per_kind=2, workers=0),
+        eval_per_kind=2, eval_digits=20, workers=0),
 }
 
 
@@ -120,27 +121,33 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
     result: dict[str, Any] = {"run_dir": str(run), "train_seconds": round(time.time() - t0, 1)}
     say(f"[5/6] saved the model to {run} after {result['train_seconds']} s")
     if evaluate:
-        from ..eval.shapes import evaluate_shapes, markdown_table
-        from ..infer.api import VLMChat
-
-        say(f"[6/6] evaluating on held-out seeds ({qs.eval_per_kind} per kind) and the 360 held-out digits")
-        ev = evaluate_shapes(VLMChat(model, tok, dev), n_per_kind=qs.eval_per_kind,
-                             image_size=qs.vision.image_size)
-        (run / "eval.json").write_text(json.dumps({k: v for k, v in ev.items() if k != "rows"}, indent=2))
-        with open(run / "eval_rows.jsonl", "w") as f:
-            for r in ev["rows"]:
-                f.write(json.dumps(r) + "\n")
-        table = markdown_table(ev["summary"])
-        (run / "eval.md").write_text(table + "\n")
-        say(table)
-        say("examples:")
-        seen: set[str] = set()
-        for r in ev["rows"]:
-            if r["kind"] not in seen:
-                seen.add(r["kind"])
-                say(f"  [{r['kind']}] {r['question'].replace(chr(10), ' ')} -> {r['answer']!r} "
-                    f"({'ok' if r['score'] >= 0.5 else 'wrong'}; key {r['key']!r})")
-        result.update(summary=ev["summary"], eval_seconds=ev["seconds"])
+        result.update(_evaluate(model, tok, dev, qs, run, say))
     result["total_seconds"] = round(time.time() - t0, 1)
     say(f"done in {result['total_seconds']} s; run directory: {run}")
     return result
+
+
+def _evaluate(model: MiniMindVLM, tok: Any, dev: torch.device, qs: QuickstartConfig, run: Path,
+              say: Any) -> dict[str, Any]:
+    """Held-out scenes and digits: a table per kind, eval.json / eval.md, a grid of examples, a few answers."""
+    from ..eval.grid import draw_grid, pick_examples
+    from ..eval.shapes import evaluate_shapes, markdown_table
+    from ..infer.api import VLMChat
+
+    say(f"[6/6] evaluating on held-out seeds ({qs.eval_per_kind} per kind) and {qs.eval_digits} held-out digits")
+    ev = evaluate_shapes(VLMChat(model, tok, dev), n_per_kind=qs.eval_per_kind, image_size=qs.vision.image_size,
+                         n_digits=qs.eval_digits)
+    (run / "eval.json").write_text(json.dumps({k: v for k, v in ev.items() if k != "items"}, indent=1))
+    table = markdown_table(ev["summary"])
+    (run / "eval.md").write_text(table + "\n")
+    shown = [{**r, "images": it["images"], "expected": r["key"]} for r, it in zip(ev["rows"], ev["items"])]
+    draw_grid([shown[i] for i in pick_examples(shown, 12)], run / "eval_grid.png")
+    say(table)
+    say(f"examples (pictures in {run / 'eval_grid.png'}):")
+    seen: set[str] = set()
+    for r in ev["rows"]:
+        if r["kind"] not in seen:
+            seen.add(r["kind"])
+            say(f"  [{r['kind']}] {r['question'].replace(chr(10), ' ')} -> {r['answer']!r} "
+                f"({'ok' if r['score'] >= 0.5 else 'wrong'}; expected {r['key']!r})")
+    return {"summary": ev["summary"], "eval_seconds": ev["seconds"]}
