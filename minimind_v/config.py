@@ -107,6 +107,11 @@ class VisionConfig:
     post_layernorm: bool = False  # apply the encoder's post-layernorm to every token (SigLIP / minimind-3v)
     freeze: bool = True
 
+    @property
+    def trained_here(self) -> bool:
+        """A from-scratch encoder: its weights belong to the run (a pretrained one is referenced by path)."""
+        return self.kind in ("scratch", "cnn")
+
 
 @dataclass
 class VLMConfig:

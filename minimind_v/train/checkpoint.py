@@ -45,7 +45,7 @@ def save_run(model: MiniMindVLM, tokenizer: Any, run_dir: str | Path, extra: dic
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg.to_dict()
-    if model.cfg.vision.kind == "scratch":
+    if model.cfg.vision.trained_here:
         model.vision.save_pretrained(run / "vision")
         cfg["vision"]["path"] = "vision"
     else:
@@ -80,7 +80,7 @@ def read_config(run_dir: str | Path) -> tuple[VLMConfig, dict[str, Any]]:
 def check_vision_hash(cfg: VLMConfig, extra: dict[str, Any]) -> bool:
     """Warn when a referenced pretrained encoder is not the one the run was trained with. Returns True if it is."""
     want = extra.get("vision_hash")
-    if not want or cfg.vision.kind == "scratch" or not Path(cfg.vision.path).is_dir():
+    if not want or cfg.vision.trained_here or not Path(cfg.vision.path).is_dir():
         return True
     got = dir_hash(Path(cfg.vision.path))
     if got != want:

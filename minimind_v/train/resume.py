@@ -25,7 +25,7 @@ STATE_FILE = "resume.safetensors"
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state without a frozen pretrained encoder, each shared tensor (a tied head) stored once."""
     skip_vision = getattr(getattr(model, "cfg", None), "vision", None) is not None \
-        and model.cfg.vision.kind != "scratch" and model.cfg.vision.freeze
+        and not model.cfg.vision.trained_here and model.cfg.vision.freeze
     out, seen = {}, set()
     for k, v in model.state_dict().items():
         if skip_vision and k.startswith("vision."):
