@@ -56,7 +56,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pack", action="store_true", help="pack each batch's samples into rows of --max-len")
     p.add_argument("--compile", action="store_true", help="torch.compile each decoder block, as the trainer can")
     p.add_argument("--fused-adamw", action="store_true",
-                   help="the trainer's AdamW groups with fused=True (one kernel per tensor; the trainer fuses on CUDA)")
+                   help="the trainer's AdamW groups with fused=True (one kernel per tensor; the trainer already fuses on CUDA and CPU)")
     p.add_argument("--freeze-llm", type=int, default=0, choices=[0, 1, 2])
     p.add_argument("--dtype", action="append", choices=["fp32", "bf16", "fp16"],
                    help="repeatable; default fp32, plus bf16 when the device runs bf16 matmuls at full speed")
