@@ -37,7 +37,7 @@ class QuickstartConfig:
     vision: VisionConfig = field(default_factory=lambda: VisionConfig(kind="cnn", image_size=96, width=128, layers=1,
                                                                       merge=2))
     tokenizer_samples: int = 3000
-    vision_steps: int = 450
+    vision_steps: int = 350
     vision_batch: int = 64
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, batch_size=32, lr=2e-3, warmup=20))
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1300, batch_size=32, lr=2e-3, warmup=50))
