@@ -132,3 +132,29 @@ def test_cnn_encoder_tokens_carry_their_cell_and_round_trip(tmp_path):
     again = VisionEncoder(VisionConfig(kind="cnn", path=str(tmp_path), image_size=96, width=32, layers=1,
                                        merge=2)).eval()
     torch.testing.assert_close(again(px), f)
+
+
+def test_cnn_run_exports_to_transformers(tmp_path):
+    """A run with the from-scratch CNN encoder saves, reloads and exports with the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from minimind_v.config import LLMConfig
+    from minimind_v.data.tokenizer import train_tokenizer
+    from minimind_v.interop.hf_export import export_hf
+    from minimind_v.train.checkpoint import load_run, save_run
+
+    torch.manual_seed(0)
+    tok = train_tokenizer(["What color is the circle?", "The circle is red."] * 20, vocab_size=300)
+    cfg = VLMConfig(llm=LLMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=320,
+                                  max_seq_len=128),
+                    vision=VisionConfig(kind="cnn", image_size=48, width=16, layers=1, merge=1), image_token_id=3)
+    save_run(MiniMindVLM(cfg).eval(), tok, tmp_path / "run")
+    ours, _ = load_run(tmp_path / "run")
+    export_hf(tmp_path / "run", tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    ids = torch.tensor([prompt(1, ours.tokens_per_image, [5, 6, 7])])
+    px = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        want = ours(ids, px).logits
+        got = hf(input_ids=ids, pixel_values=px).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
