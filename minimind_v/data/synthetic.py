@@ -21,13 +21,19 @@ FAULTS = {"missing_image": "missing_image", "corrupt_image": "corrupt_image", "n
           "bad_role": "bad_roles", "empty_answer": "empty_turn", "long": "too_long"}
 
 
-def random_jpeg(rng: random.Random, size: int = 48) -> bytes:
+def random_image(rng: random.Random, size: int = 48, n_shapes: tuple[int, int] = (1, 4)) -> Image.Image:
+    """A coloured canvas with a few random ellipses and rectangles."""
     img = Image.new("RGB", (size, size), tuple(rng.randint(0, 255) for _ in range(3)))
     d = ImageDraw.Draw(img)
-    for _ in range(rng.randint(1, 4)):
+    for _ in range(rng.randint(*n_shapes)):
         x0, y0 = rng.randint(0, size - 8), rng.randint(0, size - 8)
         box = [x0, y0, rng.randint(x0 + 4, size), rng.randint(y0 + 4, size)]
         (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=tuple(rng.randint(0, 255) for _ in range(3)))
+    return img
+
+
+def random_jpeg(rng: random.Random, size: int = 48) -> bytes:
+    img = random_image(rng, size)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
     return buf.getvalue()

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from PIL import Image, ImageDraw
 
 from ..config import VisionConfig, VLMConfig, llm_preset
 from ..data.chat import encode_conversation, encode_prompt
 from ..data.collate import IGNORE, SampleEncoder
 from ..data.packing import PackCollate, PadCollate
+from ..data.synthetic import random_image
 from ..infer.generate import GenerationConfig, generate_stream
 from ..model.vlm import MiniMindVLM
 from ..train.stages import apply_freeze
@@ -98,12 +98,7 @@ def synthetic_samples(n: int, words: tuple[int, int], image_size: int, seed: int
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        im = Image.new("RGB", (image_size, image_size), tuple(rng.randint(0, 255) for _ in range(3)))
-        d = ImageDraw.Draw(im)
-        for _ in range(rng.randint(2, 6)):
-            x0, y0 = rng.randint(0, image_size - 8), rng.randint(0, image_size - 8)
-            box = [x0, y0, rng.randint(x0 + 4, image_size), rng.randint(y0 + 4, image_size)]
-            (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=tuple(rng.randint(0, 255) for _ in range(3)))
+        im = random_image(rng, image_size, n_shapes=(2, 6))
         answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) + "."
         out.append({"conversations": [{"role": "user", "content": "<image>\nDescribe this image."},
                                       {"role": "assistant", "content": answer}], "images": [im]})
