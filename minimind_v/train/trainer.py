@@ -270,7 +270,3 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
     if stop["now"]:
         raise KeyboardInterrupt(f"stopped after step {done}; resume with --resume")
     return rows
-
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
