@@ -26,15 +26,15 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..config import VisionConfig, VLMConfig, llm_preset
-from ..data.chat import encode_conversation, encode_prompt
+from ..data.chat import encode_conversation
 from ..data.collate import IGNORE, SampleEncoder
 from ..data.packing import PackCollate, PadCollate
 from ..data.synthetic import random_image
-from ..infer.generate import GenerationConfig, generate_stream
 from ..model.vlm import MiniMindVLM
 from ..train.stages import apply_freeze
 from ..train.loader import EpochLoader
 from ..train.trainer import TrainConfig, autocast, lm_loss, make_optimizer, pick_device, to_device
+from .decode_bench import bench_decode, inference_rss_of, with_weights
 from .memory import PeakMemory
 
 WORDS = ("the a red blue green small large round square cat dog car tree house sky cloud sun river road bird "
@@ -67,6 +67,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--decode-batch", type=int, default=8, help="the batched decoding figure's batch size")
+    p.add_argument("--weights", action="append", choices=["fp32", "bf16", "fp16"],
+                   help="decode: weight storage, repeatable (default fp32); bf16/fp16 keep activations fp32")
+    p.add_argument("--rss", action="store_true",
+                   help="decode: also the peak RSS of a fresh process that loads the model and answers once")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU (else measured)")
     p.add_argument("--only", default="train,decode", help="comma list of: train, decode")
     p.add_argument("--seed", type=int, default=0)
@@ -256,36 +260,6 @@ def bench_train(model: MiniMindVLM, batches: Iterator[dict[str, Any]], *, device
     return out
 
 
-def bench_decode(model: MiniMindVLM, tokenizer: Any, *, device: torch.device, dtype: str, new_tokens: int,
-                 batch_sizes: list[int], repeats: int, image_size: int) -> dict[str, Any]:
-    """Greedy decoding of `new_tokens` tokens (no early stop) for one image + question, per batch size:
-    time to first token (image preprocessing + encoder + prefill) and decode tokens/s after it."""
-    model.to(device).eval()
-    prompt = encode_prompt(tokenizer, [{"role": "user", "content": "<image>\nDescribe this image."}],
-                           tokens_per_image=model.tokens_per_image, image_token=model.cfg.image_token)
-    image = synthetic_samples(1, (1, 1), image_size, seed=1)[0]["images"][0]
-    gen = GenerationConfig(max_new_tokens=new_tokens)  # no stop ids: always the full count
-    out: dict[str, Any] = {"prompt_tokens": len(prompt), "new_tokens": new_tokens}
-    for b in batch_sizes:
-        ttft, rate = [], []
-        for r in range(repeats + 1):
-            with autocast(device, dtype):
-                t0 = time.perf_counter()
-                pixels = model.vision.preprocess([image] * b).to(device)
-                stream = generate_stream(model, [prompt] * b, pixels, gen)
-                next(stream)
-                _sync(device)
-                t1 = time.perf_counter()
-                n = 1 + sum(1 for _ in stream)
-                _sync(device)
-                t2 = time.perf_counter()
-            if r:  # the first run warms up
-                ttft.append(t1 - t0)
-                rate.append(b * (n - 1) / (t2 - t1))
-        out[f"batch{b}"] = {"time_to_first_token_s": summary(ttft), "decode_tokens_per_s": summary(rate, 1)}
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Putting it together.
 
@@ -374,13 +348,17 @@ def bench_from_args(a: argparse.Namespace) -> dict[str, Any]:
             rows = synthetic_samples(64, (20, 120), model.vision.image_size, a.seed)
             tok = _tokenizer_for(rows, 64, model.cfg.llm.vocab_size)
         res["decode"] = {}
-        for dt in dtypes:
-            mem.reset()
-            r = bench_decode(model, tok, device=device, dtype=dt, new_tokens=a.decode_tokens,
-                             batch_sizes=sorted({1, a.decode_batch}), repeats=a.repeats,
-                             image_size=model.vision.image_size)
-            r["peak_memory_mb"] = mem.read()
-            res["decode"][dt] = r
+        for w in a.weights or ["fp32"]:
+            m = with_weights(model, w)
+            for dt in dtypes if w == "fp32" else ["fp32"]:  # half weights already compute in fp32
+                mem.reset()
+                r = bench_decode(m, tok, device=device, dtype=dt, new_tokens=a.decode_tokens,
+                                 batch_sizes=sorted({1, a.decode_batch}), repeats=a.repeats,
+                                 image_size=model.vision.image_size)
+                r["peak_memory_mb"] = mem.read()
+                res["decode"][dt if w == "fp32" else f"{w}_weights"] = r
+        if a.rss and device.type == "cpu":
+            res["inference_rss"] = inference_rss_of(model, tok, a.weights or ["fp32"], a.decode_tokens)
     return res
 
 

@@ -198,8 +198,9 @@ class MiniMindLM(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> KVCache:
-        """An empty cache for `max_len` positions (prompt + new tokens), on the model's device and dtype."""
-        w = self.embed_tokens.weight
+        """An empty cache for `max_len` positions (prompt + new tokens), on the model's device and in its
+        compute dtype (the norm's: with half-stored weights, model/half.py, activations stay float32)."""
+        w = self.norm.weight
         return KVCache(self.cfg.n_layers, batch_size, self.cfg.n_kv_heads, max_len, self.cfg.head_dim,
                        device=device or w.device, dtype=dtype or w.dtype)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -70,10 +71,11 @@ class VisionEncoder(nn.Module):
     placeholder count are sized from them, never from constants.
     """
 
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, cfg: VisionConfig, tower: tuple[nn.Module, Any] | None = None):
         super().__init__()
         self.cfg = cfg
-        self.tower, self.processor = _build_tower(cfg)
+        # `tower` (module, processor) lets a caller bring one it built itself, e.g. the light inference towers.
+        self.tower, self.processor = tower or _build_tower(cfg)
         self.tower.requires_grad_(not cfg.freeze)
         self._set_geometry()
 
@@ -96,17 +98,21 @@ class VisionEncoder(nn.Module):
             # token also say which cell it is, which the LLM needs for "Where is ...?".
             out = self.tower(pixel_values=with_coords(pixel_values.to(dtype))).last_hidden_state
             return pixel_shuffle(out.flatten(2).transpose(1, 2), self.cfg.merge)
-        out = self.tower(pixel_values=pixel_values.to(dtype)).last_hidden_state
+        out = self.tower(pixel_values=pixel_values.to(dtype))
+        out = getattr(out, "last_hidden_state", out)  # a light tower returns the tensor itself
         if self.is_clip:
             if self.cfg.drop_cls:
                 out = out[:, 1:]
             if self.cfg.post_layernorm:
-                out = self.tower.vision_model.post_layernorm(out)
+                tower = getattr(self.tower, "vision_model", self.tower)
+                out = tower.post_layernorm(out)
         return pixel_shuffle(out, self.cfg.merge)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL images of any size -> normalised pixels [N, 3, S, S] (the encoder's own processor)."""
         images = [im.convert("RGB") for im in images]
+        if not hasattr(self.processor, "save_pretrained"):  # a light tower's own preprocessor
+            return self.processor(images)
         return self.processor(images=images, return_tensors="pt")["pixel_values"]
 
     def save_pretrained(self, out_dir: str | Path) -> None:

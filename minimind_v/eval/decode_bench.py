@@ -1,0 +1,125 @@
+"""Decoding speed and inference memory: what a user of `ask`, `serve` or `web` feels.
+
+`bench_decode` times greedy decoding of one image + question at batch 1 and batched: time to first token (image
+preprocessing + encoder + prefill) and decode tokens/s after it. `--weights bf16` times the same model with its
+weights stored in half precision (model/half.py).
+
+`inference_rss` measures memory the way a user meets it: a fresh Python process that does nothing but
+`minimind_v.load(run, weights=...)` and answer one question; its resident-set high-water mark is the figure.
+Measuring inside the benchmark process instead would count the training benchmark's imports and buffers.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.chat import encode_prompt
+from ..data.synthetic import random_image
+from ..infer.generate import GenerationConfig, generate_stream
+from ..model.half import HALF_DTYPES, store_in_half
+from ..model.vlm import MiniMindVLM
+from ..train.trainer import autocast
+from .memory import PeakMemory
+
+QUESTION = "<image>\nDescribe this image."
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _summary(xs: list[float], digits: int) -> dict[str, float]:
+    xs = sorted(xs)
+    return {"min": round(xs[0], digits), "median": round(xs[len(xs) // 2], digits), "max": round(xs[-1], digits),
+            "n": len(xs)}
+
+
+def with_weights(model: MiniMindVLM, weights: str) -> MiniMindVLM:
+    """The model itself for fp32, else a copy whose LLM and encoder weights are stored in half precision."""
+    if weights == "fp32":
+        return model
+    half = copy.deepcopy(model)
+    store_in_half(half.llm, HALF_DTYPES[weights])
+    if half.cfg.vision.kind != "cnn":
+        store_in_half(half.vision.tower, HALF_DTYPES[weights], embeddings=False)
+    return half
+
+
+def bench_decode(model: MiniMindVLM, tokenizer: Any, *, device: torch.device, dtype: str, new_tokens: int,
+                 batch_sizes: list[int], repeats: int, image_size: int) -> dict[str, Any]:
+    """Greedy decoding of `new_tokens` tokens (no early stop) for one image + question, per batch size."""
+    model.to(device).eval()
+    prompt = encode_prompt(tokenizer, [{"role": "user", "content": QUESTION}],
+                           tokens_per_image=model.tokens_per_image, image_token=model.cfg.image_token)
+    image = random_image(random.Random(1), image_size, n_shapes=(2, 6))
+    gen = GenerationConfig(max_new_tokens=new_tokens)  # no stop ids: always the full count
+    out: dict[str, Any] = {"prompt_tokens": len(prompt), "new_tokens": new_tokens}
+    for b in batch_sizes:
+        ttft, rate = [], []
+        for r in range(repeats + 1):
+            with autocast(device, dtype):
+                t0 = time.perf_counter()
+                pixels = model.vision.preprocess([image] * b).to(device)
+                stream = generate_stream(model, [prompt] * b, pixels, gen)
+                next(stream)
+                _sync(device)
+                t1 = time.perf_counter()
+                n = 1 + sum(1 for _ in stream)
+                _sync(device)
+                t2 = time.perf_counter()
+            if r:  # the first run warms up
+                ttft.append(t1 - t0)
+                rate.append(b * (n - 1) / (t2 - t1))
+        out[f"batch{b}"] = {"time_to_first_token_s": _summary(ttft, 4), "decode_tokens_per_s": _summary(rate, 1)}
+    return out
+
+
+def inference_rss(run_dir: str | Path, weights: str, new_tokens: int = 100, threads: int | None = None) -> dict:
+    """Peak RSS of a fresh process that loads `run_dir` with `weights` and answers one image question."""
+    env = {**os.environ, "MINIMIND_V_THREADS": str(threads or torch.get_num_threads())}
+    p = subprocess.run([sys.executable, "-m", "minimind_v.eval.decode_bench", str(run_dir), weights,
+                        str(new_tokens)], capture_output=True, text=True, env=env)
+    if p.returncode:
+        raise RuntimeError(f"the inference-memory process failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def inference_rss_of(model: MiniMindVLM, tokenizer: Any, weights: list[str], new_tokens: int = 100) -> dict:
+    """inference_rss for a model in memory: saved to a temporary run directory first."""
+    from ..train.checkpoint import save_run
+
+    with tempfile.TemporaryDirectory(prefix="minimind-v-rss-") as tmp:
+        save_run(model, tokenizer, tmp)
+        return {w: inference_rss(tmp, w, new_tokens) for w in weights}
+
+
+def _child(run_dir: str, weights: str, new_tokens: int) -> None:
+    """The measured process: load, answer, report VmHWM (its whole life, imports included)."""
+    import minimind_v
+
+    torch.set_num_threads(int(os.environ.get("MINIMIND_V_THREADS", "0")) or torch.get_num_threads())
+    t = time.perf_counter()
+    vlm = minimind_v.load(run_dir, device="cpu", weights=weights)
+    loaded = PeakMemory(torch.device("cpu")).read()["peak_mb"]
+    image = random_image(random.Random(1), vlm.model.vision.image_size, n_shapes=(2, 6))
+    vlm.stop_ids = []  # always the full count of new tokens
+    answer = vlm.answer([image], QUESTION, max_new_tokens=new_tokens)
+    print(json.dumps({"weights": weights, "peak_rss_mb": PeakMemory(torch.device("cpu")).read()["peak_mb"],
+                      "peak_after_load_mb": loaded, "seconds": round(time.perf_counter() - t, 2),
+                      "answer_chars": len(answer), "transformers_imported": "transformers.modeling_utils" in
+                      sys.modules}))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2], int(sys.argv[3]))
