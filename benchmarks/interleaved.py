@@ -89,6 +89,7 @@ def our_side(a: argparse.Namespace):
     from minimind_v.data.packing import PadCollate
     from minimind_v.data.tokenizer import train_tokenizer
     from minimind_v.eval.bench import CutEncoder, EncodedRows, build_model
+    from minimind_v.eval.decode_bench import with_weights
     from minimind_v.infer.generate import GenerationConfig, generate_stream
     from minimind_v.train.loader import EpochLoader
     from minimind_v.train.stages import apply_freeze
@@ -108,9 +109,13 @@ def our_side(a: argparse.Namespace):
     batches = EpochLoader(EncodedRows(rows, enc), 4, shuffle=a.group_by_length, lengths=lengths,
                           collate_fn=PadCollate()).batches()
     opt = make_optimizer(model, TrainConfig(lr=1e-4))
+    if a.compile:  # as the trainer's --compile does: each decoder block, dynamic in the sequence length
+        for layer in model.llm.layers:
+            layer.compile(dynamic=True)
     if a.fused_adamw:
         opt = torch.optim.AdamW(opt.param_groups, lr=1e-4, betas=(0.9, 0.95), fused=True)
     shapes = []
+    infer = None
 
     def step() -> None:
         model.train()
@@ -123,10 +128,14 @@ def our_side(a: argparse.Namespace):
         opt.zero_grad(set_to_none=True)
 
     def decode(image, n: int) -> float:
-        model.eval()
+        nonlocal infer
+        if infer is None:  # an eager copy (no compiled blocks), weights stored as --weights says
+            infer = with_weights(build_model("minimind3-small", a.vision, "mlp", 768), a.weights)
+            infer.load_state_dict(model.state_dict(), strict=False)
+        infer.eval()
         prompt = encode_prompt(tok, [{"role": "user", "content": "<image>\nDescribe this image."}],
-                               tokens_per_image=model.tokens_per_image, image_token=model.cfg.image_token)
-        stream = generate_stream(model, [prompt], model.vision.preprocess([image]), GenerationConfig(max_new_tokens=n))
+                               tokens_per_image=infer.tokens_per_image, image_token=infer.cfg.image_token)
+        stream = generate_stream(infer, [prompt], infer.vision.preprocess([image]), GenerationConfig(max_new_tokens=n))
         next(stream)
         t = time.perf_counter()
         k = sum(1 for _ in stream)
@@ -145,6 +154,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--group-by-length", action="store_true")
     ap.add_argument("--fused-adamw", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile our decoder blocks (training side)")
+    ap.add_argument("--weights", default="fp32", choices=["fp32", "bf16", "fp16"], help="our decoding's weights")
     ap.add_argument("--decode-tokens", type=int, default=100)
     ap.add_argument("--decode-runs", type=int, default=3, help="0: no decoding comparison")
     ap.add_argument("--out", default=None)
@@ -165,6 +176,7 @@ def main() -> None:
               flush=True)
     pairs = [r / o for r, o in zip(t_ref[a.warmup:], t_our[a.warmup:])]
     res = {"rows": os.path.basename(a.rows), "group_by_length": a.group_by_length, "fused_adamw": a.fused_adamw,
+           "compile": a.compile, "weights": a.weights,
            "reference_step_s": statistics.median(t_ref[a.warmup:]), "ours_step_s": statistics.median(t_our[a.warmup:]),
            "ratio_per_step_pair": {"min": min(pairs), "median": statistics.median(pairs), "max": max(pairs)},
            "ours_batch_shapes": shapes[a.warmup:]}

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from minimind_v.cli import main
 from minimind_v.config import LLMConfig, VisionConfig, VLMConfig
 from minimind_v.data.tokenizer import train_tokenizer
-from minimind_v.model.half import HalfEmbedding, HalfLinear, empty_model, store_in_half
+from minimind_v.model.half import HalfEmbedding, HalfLinear, Int8Linear, empty_model, quantize_int8, store_weights
 from minimind_v.model.llm import MiniMindLM
 from minimind_v.model.stream_load import stream_tensors
 from minimind_v.model.vit_light import LightViT
@@ -30,7 +30,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_half_linear_takes_the_half_path_for_one_row_and_float32_for_many():
     torch.manual_seed(0)
     lin = nn.Linear(48, 40)
-    half = store_in_half(nn.Sequential(lin), torch.bfloat16)[0]
+    half = store_weights(nn.Sequential(lin), torch.bfloat16)[0]
     assert isinstance(half, HalfLinear) and half.weight.dtype == torch.bfloat16 and half.bias.dtype == torch.float32
     w = half.weight.float()
     for rows in (1, 5):
@@ -42,8 +42,8 @@ def test_half_linear_takes_the_half_path_for_one_row_and_float32_for_many():
             assert 0 < _rel(y, exact) < 1e-2
         else:  # the weight is cast up: float32 arithmetic on the rounded weight, exactly
             torch.testing.assert_close(y, exact)
-    with pytest.raises(ValueError, match="bfloat16 or torch.float16"):
-        store_in_half(nn.Sequential(nn.Linear(2, 2)), torch.float32)
+    with pytest.raises(ValueError, match="torch.float16 or torch.int8"):
+        store_weights(nn.Sequential(nn.Linear(2, 2)), torch.float32)
 
 
 def test_llm_in_half_keeps_ties_halves_bytes_and_stays_close():
@@ -53,7 +53,7 @@ def test_llm_in_half_keeps_ties_halves_bytes_and_stays_close():
     with torch.inference_mode():
         ref = model(ids).logits
     before = sum(p.numel() * p.element_size() for p in model.parameters())
-    store_in_half(model, torch.bfloat16)
+    store_weights(model, torch.bfloat16)
     assert isinstance(model.embed_tokens, HalfEmbedding) and isinstance(model.lm_head, HalfLinear)
     assert model.lm_head.weight is model.embed_tokens.weight  # still tied: converted once
     after = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -158,3 +158,27 @@ def test_cli_ask_and_bench_take_half_weights(tiny_run, tmp_path, capsys):
     rss = res["inference_rss"]
     assert set(rss) == {"fp32", "bf16"} and all(r["peak_rss_mb"] > 100 for r in rss.values())
     assert rss["bf16"]["peak_after_load_mb"] <= rss["bf16"]["peak_rss_mb"]
+
+
+def test_quantize_int8_rounds_each_row_to_its_own_scale():
+    w = torch.randn(6, 50) * torch.tensor([0.01, 0.1, 1, 10, 100, 1000])[:, None]
+    q, scale = quantize_int8(w)
+    assert q.dtype == torch.int8 and scale.shape == (6, 1)
+    assert (q.abs().amax(dim=1) == 127).all()  # every row uses the whole range
+    assert ((q.float() * scale - w).abs() <= scale / 2 + 1e-6 * w.abs()).all()  # within half a step
+
+
+def test_int8_encoder_stores_a_quarter_and_stays_close(siglip_run):
+    full, _ = load_run(siglip_run)
+    small, _ = load_run(siglip_run, weights="bf16", encoder_weights="int8")
+    lins = [m for m in small.vision.tower.modules() if isinstance(m, Int8Linear)]
+    assert lins and all(m.weight.dtype == torch.int8 and m.scale.dtype == torch.float32 for m in lins)
+    assert small.llm.layers[0].ffn.up.weight.dtype == torch.bfloat16
+    fp32_bytes = sum(m.weight.numel() * 4 for m in lins)
+    assert sum(m.weight.numel() + m.scale.numel() * 4 for m in lins) < 0.3 * fp32_bytes
+    px = full.vision.preprocess([Image.new("RGB", (40, 40), (10, 200, 90))])
+    with torch.inference_mode():
+        a, b = full.vision(px), small.vision(px)
+    assert 0 < _rel(b, a) < 0.03
+    with pytest.raises(ValueError, match="encoder weights also int8"):
+        load_run(siglip_run, weights="int8")

@@ -31,10 +31,17 @@ from ..data.collate import IGNORE, SampleEncoder
 from ..data.packing import PackCollate, PadCollate
 from ..data.synthetic import random_image
 from ..model.vlm import MiniMindVLM
-from ..train.stages import apply_freeze
 from ..train.loader import EpochLoader
-from ..train.trainer import TrainConfig, autocast, lm_loss, make_optimizer, pick_device, to_device
-from .decode_bench import bench_decode, inference_rss_of, with_weights
+from ..train.stages import apply_freeze
+from ..train.trainer import (
+    TrainConfig,
+    autocast,
+    lm_loss,
+    make_optimizer,
+    pick_device,
+    to_device,
+)
+from .decode_bench import bench_decode, inference_rss_of, weights_label, with_weights
 from .memory import PeakMemory
 
 WORDS = ("the a red blue green small large round square cat dog car tree house sky cloud sun river road bird "
@@ -69,6 +76,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-batch", type=int, default=8, help="the batched decoding figure's batch size")
     p.add_argument("--weights", action="append", choices=["fp32", "bf16", "fp16"],
                    help="decode: weight storage, repeatable (default fp32); bf16/fp16 keep activations fp32")
+    p.add_argument("--encoder-weights", choices=["fp32", "bf16", "fp16", "int8"], default=None,
+                   help="decode: the vision encoder's weight storage (default: as each --weights)")
     p.add_argument("--rss", action="store_true",
                    help="decode: also the peak RSS of a fresh process that loads the model and answers once")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU (else measured)")
@@ -349,16 +358,17 @@ def bench_from_args(a: argparse.Namespace) -> dict[str, Any]:
             tok = _tokenizer_for(rows, 64, model.cfg.llm.vocab_size)
         res["decode"] = {}
         for w in a.weights or ["fp32"]:
-            m = with_weights(model, w)
-            for dt in dtypes if w == "fp32" else ["fp32"]:  # half weights already compute in fp32
+            m, label = with_weights(model, w, a.encoder_weights), weights_label(w, a.encoder_weights)
+            for dt in dtypes if label == "fp32" else ["fp32"]:  # low-precision weights compute in fp32
                 mem.reset()
                 r = bench_decode(m, tok, device=device, dtype=dt, new_tokens=a.decode_tokens,
                                  batch_sizes=sorted({1, a.decode_batch}), repeats=a.repeats,
                                  image_size=model.vision.image_size)
                 r["peak_memory_mb"] = mem.read()
-                res["decode"][dt if w == "fp32" else f"{w}_weights"] = r
+                res["decode"][dt if label == "fp32" else f"{label}_weights"] = r
         if a.rss and device.type == "cpu":
-            res["inference_rss"] = inference_rss_of(model, tok, a.weights or ["fp32"], a.decode_tokens)
+            res["inference_rss"] = inference_rss_of(model, tok, a.weights or ["fp32"], a.encoder_weights,
+                                                    a.decode_tokens)
     return res
 
 

@@ -26,7 +26,7 @@ import torch
 from ..data.chat import encode_prompt
 from ..data.synthetic import random_image
 from ..infer.generate import GenerationConfig, generate_stream
-from ..model.half import HALF_DTYPES, store_in_half
+from ..model.half import STORAGE_DTYPES, store_weights
 from ..model.vlm import MiniMindVLM
 from ..train.trainer import autocast
 from .memory import PeakMemory
@@ -45,15 +45,17 @@ def _summary(xs: list[float], digits: int) -> dict[str, float]:
             "n": len(xs)}
 
 
-def with_weights(model: MiniMindVLM, weights: str) -> MiniMindVLM:
-    """The model itself for fp32, else a copy whose LLM and encoder weights are stored in half precision."""
-    if weights == "fp32":
+def with_weights(model: MiniMindVLM, weights: str, encoder_weights: str | None = None) -> MiniMindVLM:
+    """The model itself for fp32, else a copy whose LLM and encoder weights are stored as asked."""
+    encoder_weights = encoder_weights or weights
+    if weights == encoder_weights == "fp32":
         return model
-    half = copy.deepcopy(model)
-    store_in_half(half.llm, HALF_DTYPES[weights])
-    if half.cfg.vision.kind != "cnn":
-        store_in_half(half.vision.tower, HALF_DTYPES[weights], embeddings=False)
-    return half
+    low = copy.deepcopy(model)
+    if weights != "fp32":
+        store_weights(low.llm, STORAGE_DTYPES[weights])
+    if low.cfg.vision.kind != "cnn" and encoder_weights != "fp32":
+        store_weights(low.vision.tower, STORAGE_DTYPES[encoder_weights], embeddings=False)
+    return low
 
 
 def bench_decode(model: MiniMindVLM, tokenizer: Any, *, device: torch.device, dtype: str, new_tokens: int,
@@ -85,41 +87,47 @@ def bench_decode(model: MiniMindVLM, tokenizer: Any, *, device: torch.device, dt
     return out
 
 
-def inference_rss(run_dir: str | Path, weights: str, new_tokens: int = 100, threads: int | None = None) -> dict:
+def inference_rss(run_dir: str | Path, weights: str, encoder_weights: str | None = None, new_tokens: int = 100,
+                  threads: int | None = None) -> dict:
     """Peak RSS of a fresh process that loads `run_dir` with `weights` and answers one image question."""
     env = {**os.environ, "MINIMIND_V_THREADS": str(threads or torch.get_num_threads())}
     p = subprocess.run([sys.executable, "-m", "minimind_v.eval.decode_bench", str(run_dir), weights,
-                        str(new_tokens)], capture_output=True, text=True, env=env)
+                        encoder_weights or weights, str(new_tokens)], capture_output=True, text=True, env=env)
     if p.returncode:
         raise RuntimeError(f"the inference-memory process failed:\n{p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def inference_rss_of(model: MiniMindVLM, tokenizer: Any, weights: list[str], new_tokens: int = 100) -> dict:
-    """inference_rss for a model in memory: saved to a temporary run directory first."""
+def inference_rss_of(model: MiniMindVLM, tokenizer: Any, weights: list[str], encoder_weights: str | None = None,
+                     new_tokens: int = 100) -> dict:
+    """inference_rss for a model in memory, saved to a temporary run directory first; keyed by the weights."""
     from ..train.checkpoint import save_run
 
     with tempfile.TemporaryDirectory(prefix="minimind-v-rss-") as tmp:
         save_run(model, tokenizer, tmp)
-        return {w: inference_rss(tmp, w, new_tokens) for w in weights}
+        return {weights_label(w, encoder_weights): inference_rss(tmp, w, encoder_weights, new_tokens) for w in weights}
 
 
-def _child(run_dir: str, weights: str, new_tokens: int) -> None:
+def weights_label(weights: str, encoder_weights: str | None) -> str:
+    return weights if encoder_weights in (None, weights) else f"{weights}+encoder_{encoder_weights}"
+
+
+def _child(run_dir: str, weights: str, encoder_weights: str, new_tokens: int) -> None:
     """The measured process: load, answer, report VmHWM (its whole life, imports included)."""
     import minimind_v
 
     torch.set_num_threads(int(os.environ.get("MINIMIND_V_THREADS", "0")) or torch.get_num_threads())
     t = time.perf_counter()
-    vlm = minimind_v.load(run_dir, device="cpu", weights=weights)
+    vlm = minimind_v.load(run_dir, device="cpu", weights=weights, encoder_weights=encoder_weights)
     loaded = PeakMemory(torch.device("cpu")).read()["peak_mb"]
     image = random_image(random.Random(1), vlm.model.vision.image_size, n_shapes=(2, 6))
     vlm.stop_ids = []  # always the full count of new tokens
     answer = vlm.answer([image], QUESTION, max_new_tokens=new_tokens)
-    print(json.dumps({"weights": weights, "peak_rss_mb": PeakMemory(torch.device("cpu")).read()["peak_mb"],
+    print(json.dumps({"weights": weights, "encoder_weights": encoder_weights, "peak_rss_mb": PeakMemory(torch.device("cpu")).read()["peak_mb"],
                       "peak_after_load_mb": loaded, "seconds": round(time.perf_counter() - t, 2),
                       "answer_chars": len(answer), "transformers_imported": "transformers.modeling_utils" in
                       sys.modules}))
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    _child(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

@@ -100,11 +100,13 @@ class VLMChat:
         return ChatStream(self.model, self.tokenizer, prompt, self._pixels(images), cfg, self.pad_id, stop)
 
 
-def load(path: str | Path, device: str = "auto", weights: str = "fp32") -> VLMChat:
+def load(path: str | Path, device: str = "auto", weights: str = "fp32",
+         encoder_weights: str | None = None) -> VLMChat:
     """Load a run directory written by training (or by import) and return a VLMChat.
 
     weights="bf16" (or "fp16") keeps the weights in half precision: half the memory, faster decoding at
-    batch 1 on CPU, answers within rounding of float32 (see model/half.py)."""
+    batch 1 on CPU, answers within rounding of float32 (see model/half.py). encoder_weights (default: the
+    same) may also be "int8": a quarter of the encoder's float32 memory."""
     dev = pick_device(device)
-    model, tok = load_run(path, dev, weights=weights)
+    model, tok = load_run(path, dev, weights=weights, encoder_weights=encoder_weights)
     return VLMChat(model, tok, dev)

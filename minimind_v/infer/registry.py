@@ -38,10 +38,11 @@ def find_runs(paths: list[str | Path]) -> dict[str, Path]:
 class ModelPool:
     """Loads each model the first time it is asked for and keeps it; thread-safe."""
 
-    def __init__(self, runs: dict[str, Path], device: str = "auto", weights: str = "fp32"):
+    def __init__(self, runs: dict[str, Path], device: str = "auto", weights: str = "fp32",
+                 encoder_weights: str | None = None):
         if not runs:
             raise ValueError("no models to serve")
-        self.runs, self.device, self.weights = runs, device, weights
+        self.runs, self.device, self.weights, self.encoder_weights = runs, device, weights, encoder_weights
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -57,5 +58,6 @@ class ModelPool:
             raise KeyError(name)
         with self._lock:
             if name not in self._loaded:
-                self._loaded[name] = load(self.runs[name], device=self.device, weights=self.weights)
+                self._loaded[name] = load(self.runs[name], device=self.device, weights=self.weights,
+                                           encoder_weights=self.encoder_weights)
             return self._loaded[name]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..data.chat import IMAGE_MARKER
+from .cli_infer import add_weights_arguments
 from .images import ImageLimits, decode_image
 from .registry import ModelPool, find_runs
 
@@ -170,8 +171,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default="auto")
-    p.add_argument("--weights", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="weight storage: bf16/fp16 halve the memory and speed up decoding at batch 1 (activations stay fp32)")
+    add_weights_arguments(p)
     p.set_defaults(func=web)
 
 
@@ -180,7 +180,8 @@ def web(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise ValueError("the web demo needs gradio: pip install 'minimind-v[web]'") from None
-    pool = ModelPool(find_runs(args.model), device=args.device, weights=args.weights)
+    pool = ModelPool(find_runs(args.model), device=args.device, weights=args.weights,
+                     encoder_weights=args.encoder_weights)
     pool.get(pool.names[0])  # load the first model now: a broken run fails before the page opens
     print(f"models: {', '.join(pool.names)}; open http://{args.host}:{args.port}")
     launch(pool, args.host, args.port)

@@ -1,4 +1,4 @@
-"""Half-precision weight storage for inference: weights in bf16/fp16, activations in float32.
+"""Low-precision weight storage for inference: weights in bf16/fp16 (or int8), activations in float32.
 
 Halving the stored bytes halves the memory a loaded model takes, and at batch 1 it also halves the time:
 decoding one token is a matrix-vector product per layer, bound by how fast the weights stream from memory,
@@ -6,11 +6,15 @@ and CPUs without native bf16 math still read bf16 weights twice as fast as fp32.
 (prefill, the vision encoder, batched decoding) is bound by arithmetic instead, and there the same CPUs are
 several times slower in bf16 than in fp32, so those products cast the weight up to float32 first. Norms,
 residuals, attention and the KV cache stay in float32 throughout.
+
+int8 (one float32 scale per output row) stores a quarter of the float32 bytes. Each product rebuilds the
+float32 weight first, so it suits layers run a few times per request, like a vision encoder, and not the LLM's
+one-row decoding products.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -18,10 +22,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+STORAGE_DTYPES = {"fp32": torch.float32, **HALF_DTYPES, "int8": torch.int8}
 
 # At most this many rows go through the half-precision matmul; more rows take the float32 one. Measured on a
 # 2-core AVX2 CPU: bf16 wins at 1 row (memory-bound), loses from 2 rows on (no native bf16 arithmetic).
 HALF_MATMUL_MAX_ROWS = 1
+
+# A weight cast up to float32 for a product is rebuilt this many elements at a time, so the temporary stays a
+# few MB however large the layer (a whole 768 x 3072 encoder weight would be 9.4 MB, several of them freed
+# and re-allocated per image).
+UPCAST_CHUNK = 1 << 20
+
+
+def _upcast_linear(x: Tensor, rows: Callable[[int, int], Tensor], out_features: int, bias: Tensor | None) -> Tensor:
+    """F.linear(x, W, bias) where rows(a, b) returns W[a:b] in x's dtype, built a block of rows at a time."""
+    step = max(1, UPCAST_CHUNK // x.shape[-1])
+    if step >= out_features:
+        return F.linear(x, rows(0, out_features), bias)
+    y = torch.cat([F.linear(x, rows(a, min(a + step, out_features))) for a in range(0, out_features, step)], -1)
+    return y if bias is None else y + bias
 
 
 class HalfLinear(nn.Module):
@@ -40,7 +59,7 @@ class HalfLinear(nn.Module):
             b = None if self.bias is None else self.bias.to(w.dtype)
             return F.linear(x.to(w.dtype), w, b).to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w.to(x.dtype), b)
+        return _upcast_linear(x, lambda a, z: w[a:z].to(x.dtype), self.out_features, b)
 
 
 class HalfEmbedding(nn.Module):
@@ -55,32 +74,62 @@ class HalfEmbedding(nn.Module):
         return F.embedding(ids, self.weight, self.padding_idx).float()
 
 
-def store_in_half(module: nn.Module, dtype: torch.dtype, embeddings: bool = True) -> nn.Module:
-    """Swap every nn.Linear (and nn.Embedding) under `module` for its half-storage twin, in place.
+class Int8Linear(nn.Module):
+    """nn.Linear with int8 weights and a float32 scale per output row: weight ~= int8 * scale."""
 
-    Tied weights stay tied: a parameter shared by several layers is converted once. State-dict keys do not
-    change. For inference only: the half weights are not meant to be trained.
+    def __init__(self, weight: nn.Parameter, scale: nn.Parameter, bias: nn.Parameter | None) -> None:
+        super().__init__()
+        self.weight, self.scale, self.bias = weight, scale, bias
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        w, scale = self.weight, self.scale.to(x.dtype)
+        return _upcast_linear(x, lambda a, z: w[a:z] * scale[a:z], self.out_features, self.bias)  # int8 * fp32 -> fp32
+
+
+def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row int8: each row's largest magnitude maps to 127. Returns (int8 weight, scale [rows, 1])."""
+    scale = w.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+    return torch.round(w.float() / scale).to(torch.int8), scale
+
+
+def store_weights(module: nn.Module, dtype: torch.dtype, embeddings: bool = True) -> nn.Module:
+    """Swap every nn.Linear (and nn.Embedding) under `module` for its low-precision twin, in place.
+
+    bf16/fp16 -> HalfLinear / HalfEmbedding; int8 -> Int8Linear (embeddings then stay float32). Tied weights
+    stay tied: a parameter shared by several layers is converted once. On a meta-device module (about to be
+    loaded) only dtypes and shapes change. For inference only: these weights are not meant to be trained.
     """
-    if dtype not in HALF_DTYPES.values():
-        raise ValueError(f"half storage takes torch.bfloat16 or torch.float16, not {dtype}")
+    if dtype not in (*HALF_DTYPES.values(), torch.int8):
+        raise ValueError(f"weights are stored in torch.bfloat16, torch.float16 or torch.int8, not {dtype}")
     converted: dict[int, nn.Parameter] = {}
 
-    def half(p: nn.Parameter | None) -> nn.Parameter | None:
-        if p is None:
-            return None
+    def frozen(t: Tensor) -> nn.Parameter:
+        return nn.Parameter(t, requires_grad=False)
+
+    def half(p: nn.Parameter) -> nn.Parameter:
         if id(p) not in converted:
-            converted[id(p)] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
+            converted[id(p)] = frozen(p.detach().to(dtype))
         return converted[id(p)]
+
+    def linear(child: nn.Linear) -> nn.Module:
+        bias = None if child.bias is None else frozen(child.bias.detach().float())
+        if dtype != torch.int8:
+            return HalfLinear(half(child.weight), bias)
+        w = child.weight.detach()
+        if w.is_meta:  # shapes only: computing a scale on meta tensors would import torch's decompositions
+            q, scale = torch.empty(w.shape, dtype=torch.int8, device="meta"), torch.empty(w.shape[0], 1, device="meta")
+        else:
+            q, scale = quantize_int8(w)
+        return Int8Linear(frozen(q), frozen(scale), bias)
 
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, HalfLinear(half(child.weight), None if child.bias is None else
-                                                 nn.Parameter(child.bias.detach().float(), requires_grad=False)))
-            elif embeddings and type(child) is nn.Embedding:
+                setattr(parent, name, linear(child))
+            elif embeddings and dtype != torch.int8 and type(child) is nn.Embedding:
                 setattr(parent, name, HalfEmbedding(half(child.weight), child.padding_idx))
     return module
-
 
 
 @contextlib.contextmanager

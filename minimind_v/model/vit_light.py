@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .half import empty_model, store_in_half
+from .half import empty_model, quantize_int8, store_weights
 from .stream_load import stream_tensors
 
 # config.json's model_type -> tower kind. "clip" / "siglip" are two-tower folders: vision settings nested.
@@ -245,7 +245,7 @@ def load_light_vit(path: str | Path, weight_dtype: torch.dtype | None = None
     with empty_model():
         tower = LightViT(config)
     if weight_dtype is not None and weight_dtype != torch.float32:
-        store_in_half(tower, weight_dtype, embeddings=False)
+        store_weights(tower, weight_dtype, embeddings=False)
     wanted = tower.state_dict()  # meta tensors: the names, shapes and dtypes to load into
     state: dict[str, torch.Tensor] = {}
     for file in files:
@@ -254,13 +254,18 @@ def load_light_vit(path: str | Path, weight_dtype: torch.dtype | None = None
         # buffers match no wanted name and are never read.
         def target(key: str) -> torch.dtype | None:
             name = key.removeprefix("vision_model.") if key.startswith("vision_model.") or not two_tower else None
-            return wanted[name].dtype if name in wanted and name not in state else None  # bf16 Linear weights
+            if name not in wanted or name in state:
+                return None
+            return torch.float32 if wanted[name].dtype == torch.int8 else wanted[name].dtype  # int8: quantized below
 
         for key, t in stream_tensors(file, target):
             name = key.removeprefix("vision_model.")
             if t.shape != wanted[name].shape:
                 raise ValueError(f"weight {key!r} has shape {tuple(t.shape)}, expected {tuple(wanted[name].shape)}")
-            state[name] = t
+            if wanted[name].dtype == torch.int8:  # an Int8Linear: its weight and per-row scale
+                state[name], state[name.removesuffix("weight") + "scale"] = quantize_int8(t)
+            else:
+                state[name] = t
     missing = [k for k in wanted if k not in state]
     if missing:
         raise ValueError(f"{path}: vision weight {missing[0]!r} missing from the checkpoint ({len(missing)} missing)")

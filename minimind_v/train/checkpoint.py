@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import VisionConfig, VLMConfig
 from ..data.tokenizer import load_tokenizer, save_tokenizer
-from ..model.half import HALF_DTYPES, empty_model, store_in_half
+from ..model.half import HALF_DTYPES, STORAGE_DTYPES, empty_model, store_weights
 from ..model.stream_load import read_header, stream_tensors
 from ..model.vision import VisionEncoder
 from ..model.vlm import MiniMindVLM
@@ -94,29 +94,32 @@ def check_vision_hash(cfg: VLMConfig, extra: dict[str, Any]) -> bool:
     return True
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
-             weights: str = "fp32") -> tuple[MiniMindVLM, Any]:
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "fp32",
+             encoder_weights: str | None = None) -> tuple[MiniMindVLM, Any]:
     """Rebuild the model and tokenizer from a run directory, in eval mode.
 
     `weights` "bf16"/"fp16" stores the weights in half precision for inference (half the memory, faster
-    decoding; see model/half.py). The model is then built on the meta device and filled one tensor at a
-    time, so no float32 copy of it is ever allocated.
+    decoding; see model/half.py); `encoder_weights` (default: the same) may also be "int8" for the vision
+    encoder. The model is then built on the meta device and filled one tensor at a time, so no float32 copy
+    of it is ever allocated.
     """
     run = Path(run_dir)
     cfg, extra = read_config(run)
     check_vision_hash(cfg, extra)
-    if weights not in ("fp32", *HALF_DTYPES):
-        raise ValueError(f"weights must be fp32, bf16 or fp16, not {weights!r}")
-    if weights == "fp32":
+    encoder_weights = encoder_weights or weights
+    if weights not in ("fp32", *HALF_DTYPES) or encoder_weights not in STORAGE_DTYPES:
+        raise ValueError(f"weights must be fp32, bf16 or fp16 (encoder weights also int8), not "
+                         f"{weights!r} / {encoder_weights!r}")
+    if weights == encoder_weights == "fp32":
         model = MiniMindVLM(cfg)
         state = load_file(str(run / "model.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
     else:
-        dtype = HALF_DTYPES[weights]
-        vision = half_vision(cfg.vision, dtype)
+        vision = stored_vision(cfg.vision, STORAGE_DTYPES[encoder_weights])
         with empty_model():
             model = MiniMindVLM(cfg, vision=vision)
-        store_in_half(model.llm, dtype)
+        if weights != "fp32":
+            store_weights(model.llm, HALF_DTYPES[weights])
         want = model.state_dict()
         file = run / "model.safetensors"
         state = dict(stream_tensors(file, lambda k: want[k].dtype if k in want else None))
@@ -132,9 +135,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval(), load_tokenizer(run)
 
 
-def half_vision(cfg: VisionConfig, dtype: torch.dtype) -> VisionEncoder:
-    """The encoder for half-precision inference: a pretrained CLIP/SigLIP through the light tower (no
-    transformers import, weights cast as they are read), anything else built as usual and then converted."""
+def stored_vision(cfg: VisionConfig, dtype: torch.dtype) -> VisionEncoder:
+    """The encoder with its weights stored in `dtype`: a pretrained CLIP/SigLIP through the light tower (no
+    transformers import, weights converted as they are read), anything else built as usual, then converted."""
     if cfg.kind in ("clip", "siglip") and cfg.path:
         from ..model.vit_light import load_light_vit
 
@@ -142,6 +145,6 @@ def half_vision(cfg: VisionConfig, dtype: torch.dtype) -> VisionEncoder:
         if light is not None:
             return VisionEncoder(cfg, tower=light)
     vision = VisionEncoder(cfg)
-    if cfg.kind != "cnn":  # a ResNet is convolutions: nothing to swap, and it is small
-        store_in_half(vision.tower, dtype, embeddings=False)
+    if cfg.kind != "cnn" and dtype != torch.float32:  # a ResNet is convolutions: nothing to swap, and small
+        store_weights(vision.tower, dtype, embeddings=False)
     return vision
