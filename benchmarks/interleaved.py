@@ -90,7 +90,7 @@ def our_side(a: argparse.Namespace):
     from minimind_v.data.tokenizer import train_tokenizer
     from minimind_v.eval.bench import CutEncoder, EncodedRows, build_model
     from minimind_v.eval.decode_bench import with_weights
-    from minimind_v.infer.generate import GenerationConfig, generate_stream
+    from minimind_v.infer.generate import GenerationConfig, compile_decoding, generate_stream
     from minimind_v.train.loader import EpochLoader
     from minimind_v.train.stages import apply_freeze
     from minimind_v.train.trainer import TrainConfig, lm_loss, make_optimizer
@@ -132,6 +132,8 @@ def our_side(a: argparse.Namespace):
         if infer is None:  # an eager copy (no compiled blocks), weights stored as --weights says
             infer = with_weights(build_model("minimind3-small", a.vision, "mlp", 768), a.weights)
             infer.load_state_dict(model.state_dict(), strict=False)
+            if a.compile:
+                compile_decoding(infer)
         infer.eval()
         prompt = encode_prompt(tok, [{"role": "user", "content": "<image>\nDescribe this image."}],
                                tokens_per_image=infer.tokens_per_image, image_token=infer.cfg.image_token)
@@ -154,7 +156,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--group-by-length", action="store_true")
     ap.add_argument("--fused-adamw", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="torch.compile our decoder blocks (training side)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile our decoder blocks (training) and our decoding step")
     ap.add_argument("--weights", default="fp32", choices=["fp32", "bf16", "fp16"], help="our decoding's weights")
     ap.add_argument("--decode-tokens", type=int, default=100)
     ap.add_argument("--decode-runs", type=int, default=3, help="0: no decoding comparison")

@@ -60,7 +60,9 @@ def main() -> None:
     ap.add_argument("--rss-preset", default="minimind2-small", help="model whose inference RSS is reported ('none': skip)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps of every training run")
     ap.add_argument("--steps", type=int, default=6, help="timed steps of every training run (both sides)")
-    ap.add_argument("--compile", action="store_true", help="also time ours with torch.compile on the long rows")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time ours with torch.compile (training variants; decoding is then compiled too)")
+    ap.add_argument("--weights", default="bf16", choices=["fp32", "bf16", "fp16"], help="our decoding's weights")
     ap.add_argument("--fused-adamw", action="store_true", help="also time ours with fused AdamW (grouped batches)")
     ap.add_argument("--no-plain", action="store_true", help="skip ours in file order / without grouping")
     ap.add_argument("--no-decode", action="store_true", help="skip the decoding comparison")
@@ -82,8 +84,8 @@ def main() -> None:
                 variants = {}
             if a.fused_adamw:
                 variants["_fused"] = [*group, "--fused-adamw"]
-            if a.compile and name == "long":
-                variants["_compiled"] = ["--compile"]
+            if a.compile:
+                variants["_compiled"] = [*group, "--fused-adamw", "--compile"]
             for suffix, extra in variants.items():
                 # file order reads exactly the reference's rows; grouping reads a random 4 * steps of them
                 mine = ours(a, [*OURS, "--data", str(rows), "--only", "train", *steps, "--repeats", "1", *extra],
@@ -95,8 +97,10 @@ def main() -> None:
             continue
         ref = reference(a, [*SETTINGS["realistic"], "--skip-train", "--gen-tokens", "100", "--gen-runs", "2"],
                         a.work / f"ref_decode_{r}.json")
-        dec = ours(a, [*OURS, "--only", "decode", "--decode-tokens", "100", "--repeats", "2"],
-                   a.work / f"ours_decode_{r}.json")["decode"]["fp32"]
+        fast = ["--weights", a.weights, *(["--compile"] if a.compile else [])]
+        dec = ours(a, [*OURS, "--only", "decode", "--decode-tokens", "100", "--repeats", "2", *fast],
+                   a.work / f"ours_decode_{r}.json")["decode"]
+        dec = dec["fp32" if a.weights == "fp32" else f"{a.weights}_weights"]
         res["decode"] = {"reference_tokens_per_s": ref["generate"]["decode_tok_per_s"]["median"],
                          "ours_tokens_per_s": dec["batch1"]["decode_tokens_per_s"]["median"],
                          "ours_batched_tokens_per_s": dec["batch8"]["decode_tokens_per_s"]["median"],
@@ -107,10 +111,13 @@ def main() -> None:
     print(json.dumps(rounds, indent=1), flush=True)
     if a.rss_preset == "none":
         return
+    # a fresh process that loads the model and answers once (bench --rss), half weights and an int8 encoder
     rss = ours(a, ["--preset", a.rss_preset, "--threads", "2", "--dtype", "fp32", "--only", "decode",
-                   "--decode-tokens", "100", "--decode-batch", "1", "--repeats", "2"], a.work / "ours_rss.json")
-    summary = {"rounds": rounds, "inference_rss_mb": rss["decode"]["fp32"]["peak_memory_mb"]["peak_mb"],
-               "inference_model": f"{a.rss_preset} + {Path(a.vision).name}", "params_M": rss["params_M"]}
+                   "--decode-tokens", "100", "--decode-batch", "1", "--repeats", "1", "--weights", "bf16",
+                   "--encoder-weights", "int8", "--rss"], a.work / "ours_rss.json")
+    summary = {"rounds": rounds, "inference_rss_mb": rss["inference_rss"]["bf16+encoder_int8"]["peak_rss_mb"],
+               "inference_model": f"{a.rss_preset} + {Path(a.vision).name}, bf16 weights, int8 encoder",
+               "params_M": rss["params_M"]}
     for key in ("long", "realistic", "decode"):
         for field in ("ratio", "ratio_grouped", "ratio_fused", "ratio_compiled"):
             if field in rounds[0].get(key, {}):

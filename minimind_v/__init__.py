@@ -6,13 +6,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def load(path: str, device: str = "auto", weights: str = "fp32", encoder_weights: str | None = None) -> Any:
+def load(path: str, device: str = "auto", weights: str = "fp32", encoder_weights: str | None = None,
+         compile: bool = False) -> Any:
     """Load a run directory; returns a VLMChat with `.answer(images, question)` and `.stream_chat(...)`.
     weights="bf16" halves the memory and speeds up decoding (answers within rounding of float32);
-    encoder_weights="int8" shrinks the vision encoder to a quarter."""
+    encoder_weights="int8" shrinks the vision encoder to a quarter; compile=True speeds up decoding after a
+    first answer that compiles it."""
     from .infer.api import load as _load
 
-    return _load(path, device=device, weights=weights, encoder_weights=encoder_weights)
+    return _load(path, device=device, weights=weights, encoder_weights=encoder_weights, compile=compile)
 
 
 __all__ = ["load", "__version__"]

@@ -177,3 +177,13 @@ def test_stream_chat_checks_before_the_first_token(vlm):
         vlm.stream_chat([{"role": "user", "content": "<image>\nhi"}])
     with pytest.raises(ValueError, match="alternate"):
         vlm.stream_chat([{"role": "user", "content": "<image>a"}, {"role": "user", "content": "b"}], [im])
+
+
+def test_compiled_decoding_answers_as_eager_does(tiny_run):
+    eager = minimind_v.load(tiny_run, device="cpu", weights="bf16")
+    fast = minimind_v.load(tiny_run, device="cpu", weights="bf16", compile=True)
+    assert callable(getattr(fast.model, "decode_step", None)) and not hasattr(eager.model, "decode_step")
+    image = Image.new("RGB", (32, 32), (250, 20, 20))
+    items = [([image], "<image>\nWhat color is it?"), ([image], "<image>\nDescribe the image.")]
+    for ask in (lambda v: v.answer_batch(items, max_new_tokens=8), lambda v: v.answer(*items[0], max_new_tokens=8)):
+        assert ask(fast) == ask(eager)  # batched (padded) and single rows: the same greedy answers

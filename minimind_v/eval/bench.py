@@ -30,6 +30,7 @@ from ..data.chat import encode_conversation
 from ..data.collate import IGNORE, SampleEncoder
 from ..data.packing import PackCollate, PadCollate
 from ..data.synthetic import random_image
+from ..infer.generate import compile_decoding
 from ..model.vlm import MiniMindVLM
 from ..train.loader import EpochLoader
 from ..train.stages import apply_freeze
@@ -61,7 +62,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-by-length", action="store_true",
                    help="the trainer's length-grouped order: batches of similar lengths, little padding")
     p.add_argument("--pack", action="store_true", help="pack each batch's samples into rows of --max-len")
-    p.add_argument("--compile", action="store_true", help="torch.compile each decoder block, as the trainer can")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each decoder block for training (as the trainer can) and the decoding step")
     p.add_argument("--fused-adamw", action="store_true",
                    help="the trainer's AdamW groups with fused=True (one kernel per tensor; the trainer already fuses on CUDA and CPU)")
     p.add_argument("--freeze-llm", type=int, default=0, choices=[0, 1, 2])
@@ -159,14 +161,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_tflops(device: torch.device, dtype: str, reps: int = 6) -> float:
-    """The best of `reps` square matmuls in `dtype`: a practical peak for this device."""
+def matmul_peak_tflops(device: torch.device, dtype: str, reps: int = 6, min_seconds: float = 1.0) -> float:
+    """The best of at least `reps` square matmuls in `dtype`, repeated for `min_seconds`: a practical peak.
+
+    The time floor matters: a CPU probe of a few dozen milliseconds right after start-up measured half the
+    speed the same matmul reaches a second later (threads and caches still warming up)."""
     # CPU: 1024 is at full speed in fp32; 512 keeps the probe quick where bf16 has no native kernels
     n = 4096 if device.type == "cuda" else (1024 if dtype == "fp32" else 512)
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
-    best = float("inf")
-    for _ in range(reps + 1):
+    best, start, done = float("inf"), time.perf_counter(), 0
+    while done <= reps or time.perf_counter() - start < min_seconds:
+        done += 1
         _sync(device)
         t = time.perf_counter()
         a @ b
@@ -359,6 +365,8 @@ def bench_from_args(a: argparse.Namespace) -> dict[str, Any]:
         res["decode"] = {}
         for w in a.weights or ["fp32"]:
             m, label = with_weights(model, w, a.encoder_weights), weights_label(w, a.encoder_weights)
+            if a.compile:  # the first (warm-up) run of each batch size pays for the compilation
+                compile_decoding(m)
             for dt in dtypes if label == "fp32" else ["fp32"]:  # low-precision weights compute in fp32
                 mem.reset()
                 r = bench_decode(m, tok, device=device, dtype=dt, new_tokens=a.decode_tokens,

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..infer.cli_infer import add_weights_arguments
+from ..infer.cli_infer import add_loading_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", type=int, default=24, help="examples in the PNG grid (0: no grid)")
     p.add_argument("--out", default=None, help="folder for eval.json / eval.md / eval_grid.png (default: --model)")
     p.add_argument("--device", default="auto")
-    add_weights_arguments(p)
+    add_loading_arguments(p)
     p.set_defaults(func=run)
 
     from .bench import add_bench_arguments
@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.digits <= 360:
         raise ValueError(f"--digits must be in 0..360, got {args.digits}")
     sets = [(Path(f), load_jsonl(f, args.image_dir, args.limit)) for f in args.data]  # fail before loading
-    vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights)
+    vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights,
+               compile=args.compile)
     report: dict[str, Any] = {"model": str(Path(args.model).resolve()), "seed": args.seed}
     md: list[str] = []
     shown: list[dict[str, Any]] = []  # grid candidates: (row, item) pairs of every suite

@@ -18,7 +18,7 @@ from ..data.chat import count_markers, encode_prompt
 from ..model.vlm import MiniMindVLM
 from ..train.checkpoint import load_run
 from ..train.trainer import pick_device
-from .generate import GenerationConfig, check_fits, generate
+from .generate import GenerationConfig, check_fits, compile_decoding, generate
 from .streaming import ChatStream
 
 
@@ -100,13 +100,16 @@ class VLMChat:
         return ChatStream(self.model, self.tokenizer, prompt, self._pixels(images), cfg, self.pad_id, stop)
 
 
-def load(path: str | Path, device: str = "auto", weights: str = "fp32",
-         encoder_weights: str | None = None) -> VLMChat:
+def load(path: str | Path, device: str = "auto", weights: str = "fp32", encoder_weights: str | None = None,
+         compile: bool = False) -> VLMChat:
     """Load a run directory written by training (or by import) and return a VLMChat.
 
     weights="bf16" (or "fp16") keeps the weights in half precision: half the memory, faster decoding at
     batch 1 on CPU, answers within rounding of float32 (see model/half.py). encoder_weights (default: the
-    same) may also be "int8": a quarter of the encoder's float32 memory."""
+    same) may also be "int8": a quarter of the encoder's float32 memory. compile=True compiles the decoding
+    step (infer/generate.py: compile_decoding): faster answers once the first one has paid for it."""
     dev = pick_device(device)
     model, tok = load_run(path, dev, weights=weights, encoder_weights=encoder_weights)
+    if compile:
+        compile_decoding(model)
     return VLMChat(model, tok, dev)

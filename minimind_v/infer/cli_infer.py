@@ -34,13 +34,15 @@ def with_markers(text: str, n_images: int) -> str:
     return f"{IMAGE_MARKER}\n" * n_images + text
 
 
-def add_weights_arguments(p: argparse.ArgumentParser) -> None:
-    """--weights / --encoder-weights, for every command that loads a model to answer with."""
+def add_loading_arguments(p: argparse.ArgumentParser) -> None:
+    """--weights / --encoder-weights / --compile, for every command that loads a model to answer with."""
     p.add_argument("--weights", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="weight storage: bf16/fp16 halve the memory and speed up decoding at batch 1 "
                         "(activations stay fp32)")
     p.add_argument("--encoder-weights", choices=["fp32", "bf16", "fp16", "int8"], default=None,
                    help="the vision encoder's weight storage (default: as --weights); int8 takes a quarter of fp32")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoding step: faster answers after a first one that compiles (~1 min)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -51,7 +53,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto")
-    add_weights_arguments(p)
+    add_loading_arguments(p)
 
 
 def sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,7 +89,8 @@ def ask(args: argparse.Namespace) -> int:
 
     images = [open_image(p) for p in args.image]
     q = with_markers(args.question.replace("\\n", "\n"), len(images))
-    vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights)
+    vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights,
+               compile=args.compile)
     print(vlm.answer(images, q, **sampling(args)))
     return 0
 
@@ -175,7 +178,8 @@ def chat(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     from .api import load
 
     stdin = stdin or sys.stdin
-    vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights)
+    vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights,
+               compile=args.compile)
     session = ChatSession(vlm, sampling(args), sys.stdout, sys.stderr)
     interactive = stdin.isatty()
     if interactive:
@@ -200,7 +204,8 @@ def caption(args: argparse.Namespace) -> int:
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise ValueError(f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in {args.folder!r}")
-    vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights)
+    vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights,
+               compile=args.compile)
     question = with_markers(args.prompt, 1)
     done = skipped = 0
     batch: list[tuple[Path, Image.Image]] = []

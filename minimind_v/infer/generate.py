@@ -127,6 +127,7 @@ def generate_stream(model: torch.nn.Module, prompts: list[list[int]], pixel_valu
     out = model(ids, pixel_values, attention_mask=mask if has_pad else None, cache=cache, logits_to_keep=1)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stops = torch.tensor(gen.stop_ids or [-1], device=device)
+    decode = getattr(model, "decode_step", None) or model  # one token per row: compiled if compile_decoding ran
     for step in range(gen.max_new_tokens):
         nxt = sample_next(out.logits[:, -1], gen, seen, generators)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
@@ -137,7 +138,18 @@ def generate_stream(model: torch.nn.Module, prompts: list[list[int]], pixel_valu
         if seen is not None:
             seen[torch.arange(B, device=device), nxt] |= ~done
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], 1)
-        out = model(nxt[:, None], None, attention_mask=mask if has_pad else None, cache=cache, logits_to_keep=1)
+        out = decode(nxt[:, None], None, attention_mask=mask if has_pad else None, cache=cache, logits_to_keep=1)
+
+
+def compile_decoding(model: torch.nn.Module) -> None:
+    """torch.compile the one-token decoding step; the prompt's forward stays eager.
+
+    On a CPU a decoding step of a small model is hundreds of tiny ops, and PyTorch's per-op overhead costs as
+    much as the matrix-vector products themselves; compiled, they become a few fused kernels (measured about
+    1.4x faster at batch 1, README). The first answer pays for the compilation (about a minute on two cores),
+    so this suits long-lived processes: serve, web, chat.
+    """
+    model.decode_step = torch.compile(model.forward, dynamic=True)
 
 
 def generate(model: torch.nn.Module, prompts: list[list[int]], pixel_values: Tensor | None,

@@ -39,10 +39,11 @@ class ModelPool:
     """Loads each model the first time it is asked for and keeps it; thread-safe."""
 
     def __init__(self, runs: dict[str, Path], device: str = "auto", weights: str = "fp32",
-                 encoder_weights: str | None = None):
+                 encoder_weights: str | None = None, compile: bool = False):
         if not runs:
             raise ValueError("no models to serve")
-        self.runs, self.device, self.weights, self.encoder_weights = runs, device, weights, encoder_weights
+        self.runs, self.device = runs, device
+        self.load_options = {"weights": weights, "encoder_weights": encoder_weights, "compile": compile}
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -58,6 +59,5 @@ class ModelPool:
             raise KeyError(name)
         with self._lock:
             if name not in self._loaded:
-                self._loaded[name] = load(self.runs[name], device=self.device, weights=self.weights,
-                                           encoder_weights=self.encoder_weights)
+                self._loaded[name] = load(self.runs[name], device=self.device, **self.load_options)
             return self._loaded[name]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from .cli_infer import add_weights_arguments
+from .cli_infer import add_loading_arguments
 from .images import ImageError, ImageLimits, load_image_url
 from .openai_protocol import (
     APIError,
@@ -293,7 +293,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="width x height of one image")
     p.add_argument("--max-tokens", type=int, default=256, help="answer length when a request gives none")
     p.add_argument("--device", default="auto")
-    add_weights_arguments(p)
+    add_loading_arguments(p)
     p.set_defaults(func=serve)
 
 
@@ -308,7 +308,7 @@ def serve(args: argparse.Namespace) -> int:
     limits = ImageLimits(max_bytes=int(args.max_image_mb * 2**20), max_pixels=args.max_image_pixels,
                          max_images=args.max_images, local_dir=local, allow_remote=args.allow_remote_images)
     pool = ModelPool(find_runs(args.model), device=args.device, weights=args.weights,
-                     encoder_weights=args.encoder_weights)
+                     encoder_weights=args.encoder_weights, compile=args.compile)
     models = {name: pool.get(name) for name in pool.names}  # load everything now: fail before listening
     app = create_app(models, ServerSettings(api_key=args.api_key, limits=limits, default_max_tokens=args.max_tokens))
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:

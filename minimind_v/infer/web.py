@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..data.chat import IMAGE_MARKER
-from .cli_infer import add_weights_arguments
+from .cli_infer import add_loading_arguments
 from .images import ImageLimits, decode_image
 from .registry import ModelPool, find_runs
 
@@ -171,7 +171,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default="auto")
-    add_weights_arguments(p)
+    add_loading_arguments(p)
     p.set_defaults(func=web)
 
 
@@ -181,7 +181,7 @@ def web(args: argparse.Namespace) -> int:
     except ImportError:
         raise ValueError("the web demo needs gradio: pip install 'minimind-v[web]'") from None
     pool = ModelPool(find_runs(args.model), device=args.device, weights=args.weights,
-                     encoder_weights=args.encoder_weights)
+                     encoder_weights=args.encoder_weights, compile=args.compile)
     pool.get(pool.names[0])  # load the first model now: a broken run fails before the page opens
     print(f"models: {', '.join(pool.names)}; open http://{args.host}:{args.port}")
     launch(pool, args.host, args.port)
