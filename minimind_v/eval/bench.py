@@ -5,11 +5,9 @@ time: data (read + tokenise + image preprocessing + collate, in this process), v
 LLM forward (projector + splice + decoder + loss), backward, optimizer. Every figure is reported as
 min / median / max over `repeats` groups of `steps` steps, after `warmup` steps.
 
-Model FLOPs utilisation counts 6 FLOPs per trainable parameter per token (forward + backward) for the decoder,
-6 per vocabulary row per labelled token for the head (logits exist only where a label does), 6 per projector
-parameter per image token, and 2 per encoder parameter per patch for a frozen encoder (forward only). Attention's
-T^2 term is left out, so MFU is slightly understated. Tokens are real (non-padding) tokens: compute spent on
-padding is waste and lowers MFU. The peak is `--peak-tflops`, or else a matmul measured here in the same dtype.
+Model FLOPs utilisation: the FLOPs that eval/flops.py counts (attention's T^2 term left out, so MFU is slightly
+understated) over real (non-padding) tokens: compute spent on padding is waste and lowers MFU. The peak is
+`--peak-tflops`, or else a matmul measured here in the same dtype.
 `mfu` divides by the whole step; `mfu_model` leaves the data phase out (in training, DataLoader workers overlap it).
 """
 from __future__ import annotations
@@ -18,7 +16,6 @@ import argparse
 import json
 import platform
 import random
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -27,7 +24,7 @@ import torch
 
 from ..config import VisionConfig, VLMConfig, llm_preset
 from ..data.chat import encode_conversation
-from ..data.collate import IGNORE, SampleEncoder
+from ..data.collate import SampleEncoder
 from ..data.packing import PackCollate, PadCollate
 from ..data.synthetic import random_image
 from ..infer.generate import compile_decoding
@@ -43,6 +40,7 @@ from ..train.trainer import (
     to_device,
 )
 from .decode_bench import bench_decode, inference_rss_of, weights_label, with_weights
+from .flops import device_name, flops_per_step, matmul_peak_tflops, summary, sync
 from .memory import PeakMemory
 
 WORDS = ("the a red blue green small large round square cat dog car tree house sky cloud sun river road bird "
@@ -148,60 +146,6 @@ class EncodedRows(torch.utils.data.Dataset):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Timing helpers.
-
-
-def summary(xs: list[float], digits: int = 4) -> dict[str, float]:
-    return {"min": round(min(xs), digits), "median": round(statistics.median(xs), digits),
-            "max": round(max(xs), digits), "n": len(xs)}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak_tflops(device: torch.device, dtype: str, reps: int = 6, min_seconds: float = 1.0) -> float:
-    """The best of at least `reps` square matmuls in `dtype`, repeated for `min_seconds`: a practical peak.
-
-    The time floor matters: a CPU probe of a few dozen milliseconds right after start-up measured half the
-    speed the same matmul reaches a second later (threads and caches still warming up)."""
-    # CPU: 1024 is at full speed in fp32; 512 keeps the probe quick where bf16 has no native kernels
-    n = 4096 if device.type == "cuda" else (1024 if dtype == "fp32" else 512)
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
-    best, start, done = float("inf"), time.perf_counter(), 0
-    while done <= reps or time.perf_counter() - start < min_seconds:
-        done += 1
-        _sync(device)
-        t = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e12
-
-
-def flops_per_step(model: MiniMindVLM, batch: dict[str, torch.Tensor]) -> float:
-    """Model FLOPs of one training step (see the module docstring for what is counted)."""
-    llm = model.llm
-    train_llm = sum(p.numel() for n, p in llm.named_parameters() if p.requires_grad and "embed_tokens" not in n)
-    head = llm.cfg.vocab_size * llm.cfg.dim if llm.lm_head.weight.requires_grad else 0
-    real = int(batch["attention_mask"].sum())
-    labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
-    flops = 6 * train_llm * real + 6 * head * labelled
-    images = batch.get("pixel_values", batch.get("vision_feats"))
-    n_images = 0 if images is None else int(images.shape[0])
-    if n_images:
-        proj = sum(p.numel() for p in model.projector.parameters())
-        tcfg = model.vision.tower.config
-        patches = (tcfg.image_size // tcfg.patch_size) ** 2 + (1 if model.vision.is_clip else 0)
-        vis = sum(p.numel() for p in model.vision.parameters())
-        vis_mult = 6 if any(p.requires_grad for p in model.vision.parameters()) else 2
-        flops += 6 * proj * model.tokens_per_image * n_images + vis_mult * vis * patches * n_images
-    return float(flops)
-
-
-# ------------------------------------------------------------------------------------------------------------
 # The two measurements.
 
 
@@ -220,25 +164,25 @@ def bench_train(model: MiniMindVLM, batches: Iterator[dict[str, Any]], *, device
     for step in range(warmup + steps * repeats):
         t0 = time.perf_counter()
         batch = to_device(next(batches), device)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         with autocast(device, dtype):
             if "pixel_values" in batch:  # the encoder runs here, timed on its own; the trainer's loss then
                 with torch.set_grad_enabled(not frozen_vision):  # takes its features as a feature cache's
                     batch["vision_feats"] = model.vision(batch.pop("pixel_values"))
-            _sync(device)
+            sync(device)
             t2 = time.perf_counter()
             loss, aux = lm_loss(model, batch)
             total = loss + aux
-        _sync(device)
+        sync(device)
         t3 = time.perf_counter()
         total.backward()
-        _sync(device)
+        sync(device)
         t4 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
+        sync(device)
         t5 = time.perf_counter()
         if step < warmup:
             continue
@@ -378,15 +322,3 @@ def bench_from_args(a: argparse.Namespace) -> dict[str, Any]:
             res["inference_rss"] = inference_rss_of(model, tok, a.weights or ["fp32"], a.encoder_weights,
                                                     a.decode_tokens)
     return res
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({torch.backends.cpu.get_cpu_capability()})"
-    except OSError:
-        pass
-    return platform.processor() or device.type

@@ -29,20 +29,10 @@ from ..infer.generate import GenerationConfig, generate_stream
 from ..model.half import STORAGE_DTYPES, store_weights
 from ..model.vlm import MiniMindVLM
 from ..train.trainer import autocast
+from .flops import summary, sync
 from .memory import PeakMemory
 
 QUESTION = "<image>\nDescribe this image."
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _summary(xs: list[float], digits: int) -> dict[str, float]:
-    xs = sorted(xs)
-    return {"min": round(xs[0], digits), "median": round(xs[len(xs) // 2], digits), "max": round(xs[-1], digits),
-            "n": len(xs)}
 
 
 def with_weights(model: MiniMindVLM, weights: str, encoder_weights: str | None = None) -> MiniMindVLM:
@@ -75,15 +65,15 @@ def bench_decode(model: MiniMindVLM, tokenizer: Any, *, device: torch.device, dt
                 pixels = model.vision.preprocess([image] * b).to(device)
                 stream = generate_stream(model, [prompt] * b, pixels, gen)
                 next(stream)
-                _sync(device)
+                sync(device)
                 t1 = time.perf_counter()
                 n = 1 + sum(1 for _ in stream)
-                _sync(device)
+                sync(device)
                 t2 = time.perf_counter()
             if r:  # the first run warms up
                 ttft.append(t1 - t0)
                 rate.append(b * (n - 1) / (t2 - t1))
-        out[f"batch{b}"] = {"time_to_first_token_s": _summary(ttft, 4), "decode_tokens_per_s": _summary(rate, 1)}
+        out[f"batch{b}"] = {"time_to_first_token_s": summary(ttft, 4), "decode_tokens_per_s": summary(rate, 1)}
     return out
 
 

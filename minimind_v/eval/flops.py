@@ -1,0 +1,78 @@
+"""What a step costs and what the device can do: FLOPs per training step, a measured matmul peak, summaries.
+
+Model FLOPs count 6 per trainable parameter per token (forward + backward) for the decoder, 6 per vocabulary row
+per labelled token for the head (logits exist only where a label does), 6 per projector parameter per image
+token, and 2 per encoder parameter per patch for a frozen encoder (forward only). Attention's T^2 term is left out.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import torch
+
+from ..data.collate import IGNORE
+from ..model.vlm import MiniMindVLM
+
+
+def summary(xs: list[float], digits: int = 4) -> dict[str, float]:
+    return {"min": round(min(xs), digits), "median": round(statistics.median(xs), digits),
+            "max": round(max(xs), digits), "n": len(xs)}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_tflops(device: torch.device, dtype: str, reps: int = 6, min_seconds: float = 1.0) -> float:
+    """The best of at least `reps` square matmuls in `dtype`, repeated for `min_seconds`: a practical peak.
+
+    The time floor matters: a CPU probe of a few dozen milliseconds right after start-up measured half the
+    speed the same matmul reaches a second later (threads and caches still warming up)."""
+    # CPU: 1024 is at full speed in fp32; 512 keeps the probe quick where bf16 has no native kernels
+    n = 4096 if device.type == "cuda" else (1024 if dtype == "fp32" else 512)
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
+    best, start, done = float("inf"), time.perf_counter(), 0
+    while done <= reps or time.perf_counter() - start < min_seconds:
+        done += 1
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e12
+
+
+def flops_per_step(model: MiniMindVLM, batch: dict[str, torch.Tensor]) -> float:
+    """Model FLOPs of one training step (see the module docstring for what is counted)."""
+    llm = model.llm
+    train_llm = sum(p.numel() for n, p in llm.named_parameters() if p.requires_grad and "embed_tokens" not in n)
+    head = llm.cfg.vocab_size * llm.cfg.dim if llm.lm_head.weight.requires_grad else 0
+    real = int(batch["attention_mask"].sum())
+    labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
+    flops = 6 * train_llm * real + 6 * head * labelled
+    images = batch.get("pixel_values", batch.get("vision_feats"))
+    n_images = 0 if images is None else int(images.shape[0])
+    if n_images:
+        proj = sum(p.numel() for p in model.projector.parameters())
+        tcfg = model.vision.tower.config
+        patches = (tcfg.image_size // tcfg.patch_size) ** 2 + (1 if model.vision.is_clip else 0)
+        vis = sum(p.numel() for p in model.vision.parameters())
+        vis_mult = 6 if any(p.requires_grad for p in model.vision.parameters()) else 2
+        flops += 6 * proj * model.tokens_per_image * n_images + vis_mult * vis * patches * n_images
+    return float(flops)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({torch.backends.cpu.get_cpu_capability()})"
+    except OSError:
+        pass
+    return platform.processor() or device.type
