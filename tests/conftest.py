@@ -23,6 +23,24 @@ TEXTS = [
 ] * 20
 
 
+# Official checkpoint key -> our key, written here independently of interop/official.py, so the model tests check
+# the model's structure against the released checkpoints without trusting the importer they would also test.
+B_NAMES = [("model.", ""), ("self_attn.", "attn."), ("input_layernorm", "attn_norm"),
+           ("post_attention_layernorm", "ffn_norm"), ("mlp.", "ffn."), ("gate_proj", "gate"),
+           ("up_proj", "up"), ("down_proj", "down")]
+A_NAMES = [("tok_embeddings", "embed_tokens"), ("attention.wq", "attn.q_proj"), ("attention.wk", "attn.k_proj"),
+           ("attention.wv", "attn.v_proj"), ("attention.wo", "attn.o_proj"), ("attention_norm", "attn_norm"),
+           ("feed_forward.", "ffn."), ("shared_experts.", "shared_experts.0."), (".w1", ".gate"),
+           (".w3", ".up"), (".w2", ".down")]
+
+
+def official_key(key: str, is_a: bool) -> str:
+    """An official LLM key (layout A: MiniMind2, B: minimind-3) in our names."""
+    for old, new in A_NAMES if is_a else B_NAMES:
+        key = key.replace(old, new)
+    return key
+
+
 def shared_dir() -> Path | None:
     """The read-only `shared/` folder beside the checkout (or $MINIMIND_V_SHARED), if present."""
     env = os.environ.get("MINIMIND_V_SHARED")

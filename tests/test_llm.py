@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import official_key
 from minimind_v.config import LLMConfig
 from minimind_v.model.llm import MiniMindLM, RMSNorm, apply_rope, attention_plan, rope_cos_sin
 
@@ -301,22 +302,12 @@ def config_from_vector(meta: dict) -> LLMConfig:
         moe_ffn_dim=moe.get("expert_ffn_hidden_size", moe.get("moe_intermediate_size", 0)))
 
 
-B_NAMES = [("model.", ""), ("self_attn.", "attn."), ("input_layernorm", "attn_norm"),
-           ("post_attention_layernorm", "ffn_norm"), ("mlp.", "ffn."), ("gate_proj", "gate"),
-           ("up_proj", "up"), ("down_proj", "down")]
-A_NAMES = [("tok_embeddings", "embed_tokens"), ("attention.wq", "attn.q_proj"), ("attention.wk", "attn.k_proj"),
-           ("attention.wv", "attn.v_proj"), ("attention.wo", "attn.o_proj"), ("attention_norm", "attn_norm"),
-           ("feed_forward.", "ffn."), ("shared_experts.", "shared_experts.0."), (".w1", ".gate"),
-           (".w3", ".up"), (".w2", ".down")]
-
-
 def to_our_keys(sd: dict, is_a: bool, head_dim: int) -> dict:
     out = {}
     for key, value in sd.items():
         if key.startswith(("vision_proj.", "lm_head.", "output.")):
             continue
-        for old, new in A_NAMES if is_a else B_NAMES:
-            key = key.replace(old, new)
+        key = official_key(key, is_a)
         if is_a and key.endswith(("q_proj.weight", "k_proj.weight")):
             # interleaved pairs (2i, 2i+1) -> rotate_half pairs (i, i + d/2): reorder rows inside each head
             perm = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])

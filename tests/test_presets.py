@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import official_key
 from minimind_v.config import LLM_PRESETS, LLMConfig, llm_preset, minimind2_ffn, minimind3_ffn
 from minimind_v.model.llm import MiniMindLM
 
@@ -68,15 +69,6 @@ MANIFESTS = Path(os.environ.get("MINIMIND_V_SHARED", Path(__file__).resolve().pa
     / "compat" / "manifests"
 OFFICIAL = {"MiniMind2-Small-V": "minimind2-small", "MiniMind2-V": "minimind2",
             "MiniMind2-V-MoE": "minimind2-small-moe", "minimind-3v": "minimind3", "minimind-3v-moe": "minimind3-moe"}
-B_NAMES = [("model.", ""), ("self_attn.", "attn."), ("input_layernorm", "attn_norm"),
-           ("post_attention_layernorm", "ffn_norm"), ("mlp.", "ffn."), ("gate_proj", "gate"),
-           ("up_proj", "up"), ("down_proj", "down")]
-A_NAMES = [("tok_embeddings", "embed_tokens"), ("attention.wq", "attn.q_proj"), ("attention.wk", "attn.k_proj"),
-           ("attention.wv", "attn.v_proj"), ("attention.wo", "attn.o_proj"), ("attention_norm", "attn_norm"),
-           ("feed_forward.", "ffn."), ("shared_experts.", "shared_experts.0."), (".w1", ".gate"),
-           (".w3", ".up"), (".w2", ".down")]
-
-
 @pytest.mark.parametrize("official,preset", OFFICIAL.items())
 def test_presets_match_official_checkpoint_shapes(official, preset):
     path = MANIFESTS / f"{official}.json"
@@ -88,8 +80,7 @@ def test_presets_match_official_checkpoint_shapes(official, preset):
     for key, shape in manifest.items():
         if key == "config" or key.startswith(("vision_proj.", "output.", "lm_head.")):
             continue
-        for old, new in A_NAMES if is_a else B_NAMES:
-            key = key.replace(old, new)
+        key = official_key(key, is_a)
         theirs[key] = list(shape)
     ours = {k: list(v.shape) for k, v in build_meta(llm_preset(preset)).state_dict().items() if k != "lm_head.weight"}
     assert ours == theirs
