@@ -5,6 +5,7 @@ import importlib.util
 from types import SimpleNamespace
 
 import pytest
+import torch
 from PIL import Image
 
 import minimind_v
@@ -93,3 +94,9 @@ def test_importable_without_lmms_eval_and_refuses_unknown_args():
         MiniMindVLMMS()
     with pytest.raises(NotImplementedError):
         MiniMindVLMMS(vlm=EchoVLM()).generate_until_multi_round([])
+
+
+def test_pretrained_loads_with_the_weights_asked_for(tiny_run):
+    lm = MiniMindVLMMS(pretrained=str(tiny_run), device="cpu", weights="bf16")
+    assert lm.vlm.model.llm.embed_tokens.weight.dtype == torch.bfloat16
+    assert MiniMindVLMMS(pretrained=str(tiny_run), device="cpu").vlm.model.llm.embed_tokens.weight.dtype == torch.float32

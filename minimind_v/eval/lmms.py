@@ -47,7 +47,7 @@ class MiniMindVLMMS(_LMMSBase):
     is_simple = True
 
     def __init__(self, pretrained: str | None = None, device: str = "auto", batch_size: int | str = 1,
-                 max_new_tokens: int = 64, vlm: Any = None, **kwargs: Any) -> None:
+                 max_new_tokens: int = 64, vlm: Any = None, weights: str = "fp32", **kwargs: Any) -> None:
         super().__init__()
         if kwargs:
             raise ValueError(f"unknown model_args for {NAME}: {sorted(kwargs)}")
@@ -56,7 +56,7 @@ class MiniMindVLMMS(_LMMSBase):
                 raise ValueError(f"{NAME} needs model_args pretrained=<run directory>")
             from ..infer.api import load
 
-            vlm = load(pretrained, device=device)
+            vlm = load(pretrained, device=device, weights=weights)  # weights=bf16: half the memory
         self.vlm, self.batch_size = vlm, int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
 
