@@ -318,3 +318,16 @@ def test_model_folders_and_names(tiny_run, tmp_path):
         find_runs([tmp_path / "empty"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_runs([tmp_path / "missing"])
+
+
+def test_pool_compiles_before_the_first_request_only_when_asked(tiny_run, monkeypatch, capsys):
+    from minimind_v.infer.api import VLMChat
+    from minimind_v.infer.registry import ModelPool, find_runs
+
+    warmed = []
+    monkeypatch.setattr(VLMChat, "warm_up", lambda self: warmed.append(self))
+    plain = ModelPool(find_runs([tiny_run]), device="cpu", weights="bf16").get(tiny_run.name)
+    assert warmed == [] and not hasattr(plain.model, "decode_step")
+    fast = ModelPool(find_runs([tiny_run]), device="cpu", compile=True).get(tiny_run.name)
+    assert warmed == [fast] and callable(fast.model.decode_step)
+    assert "compiling the decoding step" in capsys.readouterr().out

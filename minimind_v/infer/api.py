@@ -71,6 +71,10 @@ class VLMChat:
                        pad_id=self.pad_id)
         return [self.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
 
+    def warm_up(self) -> None:
+        """Answer a throwaway question: with compile=True this is when the decoding step gets compiled."""
+        self.answer([], "Hello", max_new_tokens=4)
+
     @property
     def context_length(self) -> int:
         """Tokens the model can attend to: prompt + answer must fit."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.chat import IMAGE_MARKER, count_markers
+from .images import ImageError, ImageLimits, load_image_url
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "audio",
@@ -211,3 +212,33 @@ def new_id() -> str:
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def load_images(refs: list[tuple[str, str]], limits: ImageLimits) -> list[Any]:
+    images = []
+    for url, param in refs:
+        try:
+            images.append(load_image_url(url, limits))
+        except ImageError as e:
+            raise bad(f"{param}: {e}", param, e.code) from None
+    return images
+
+
+def generation_args(vlm: Any, req: ChatRequest, n_images: int, default_max_tokens: int) -> dict[str, Any]:
+    """Check the conversation against the model and turn the request's settings into stream_chat's."""
+    try:
+        prompt = len(vlm.encode_chat(req.messages, n_images))
+    except ValueError as e:
+        raise bad(str(e), "messages", "invalid_messages") from None
+    ctx = vlm.context_length
+    if prompt >= ctx:
+        raise bad(f"this model's context is {ctx} tokens but the messages take {prompt} (each image takes "
+                  f"{vlm.model.tokens_per_image})", "messages", "context_length_exceeded")
+    if req.max_tokens is not None and req.max_tokens > ctx:
+        raise bad(f"max_tokens must be at most the context length {ctx}, got {req.max_tokens}", "max_tokens")
+    if req.max_tokens is not None and prompt + req.max_tokens > ctx:
+        raise bad(f"this model's context is {ctx} tokens: {prompt} in the messages + {req.max_tokens} max_tokens "
+                  f"do not fit", "max_tokens", "context_length_exceeded")
+    return dict(max_new_tokens=req.max_tokens or min(default_max_tokens, ctx - prompt),
+                temperature=req.temperature or 0.0, top_p=req.top_p, top_k=req.top_k,
+                repetition_penalty=req.repetition_penalty, seed=req.seed, stop=req.stop)

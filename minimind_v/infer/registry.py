@@ -59,5 +59,9 @@ class ModelPool:
             raise KeyError(name)
         with self._lock:
             if name not in self._loaded:
-                self._loaded[name] = load(self.runs[name], device=self.device, **self.load_options)
+                vlm = load(self.runs[name], device=self.device, **self.load_options)
+                if self.load_options["compile"]:  # compile now, not in the first user's request
+                    print(f"{name}: compiling the decoding step (once, about a minute on a small CPU)", flush=True)
+                    vlm.warm_up()
+                self._loaded[name] = vlm
             return self._loaded[name]

@@ -28,17 +28,9 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from .cli_infer import add_loading_arguments
-from .images import ImageError, ImageLimits, load_image_url
-from .openai_protocol import (
-    APIError,
-    ChatRequest,
-    bad,
-    chunk,
-    completion_body,
-    new_id,
-    parse_chat_request,
-    usage,
-)
+from .images import ImageLimits
+from .openai_protocol import (APIError, ChatRequest, bad, chunk, completion_body, generation_args, load_images, new_id,
+                              parse_chat_request, usage)
 
 
 @dataclass
@@ -164,36 +156,6 @@ async def read_body(request: Any, limit: int) -> bytes:
         if len(body) > limit:
             raise APIError(413, f"request body is over the limit of {limit} bytes", code="body_too_large")
     return bytes(body)
-
-
-def load_images(refs: list[tuple[str, str]], limits: ImageLimits) -> list[Any]:
-    images = []
-    for url, param in refs:
-        try:
-            images.append(load_image_url(url, limits))
-        except ImageError as e:
-            raise bad(f"{param}: {e}", param, e.code) from None
-    return images
-
-
-def generation_args(vlm: Any, req: ChatRequest, n_images: int, default_max_tokens: int) -> dict[str, Any]:
-    """Check the conversation against the model and turn the request's settings into stream_chat's."""
-    try:
-        prompt = len(vlm.encode_chat(req.messages, n_images))
-    except ValueError as e:
-        raise bad(str(e), "messages", "invalid_messages") from None
-    ctx = vlm.context_length
-    if prompt >= ctx:
-        raise bad(f"this model's context is {ctx} tokens but the messages take {prompt} (each image takes "
-                  f"{vlm.model.tokens_per_image})", "messages", "context_length_exceeded")
-    if req.max_tokens is not None and req.max_tokens > ctx:
-        raise bad(f"max_tokens must be at most the context length {ctx}, got {req.max_tokens}", "max_tokens")
-    if req.max_tokens is not None and prompt + req.max_tokens > ctx:
-        raise bad(f"this model's context is {ctx} tokens: {prompt} in the messages + {req.max_tokens} max_tokens "
-                  f"do not fit", "max_tokens", "context_length_exceeded")
-    return dict(max_new_tokens=req.max_tokens or min(default_max_tokens, ctx - prompt),
-                temperature=req.temperature or 0.0, top_p=req.top_p, top_k=req.top_k,
-                repetition_penalty=req.repetition_penalty, seed=req.seed, stop=req.stop)
 
 
 def run_to_end(vlm: Any, req: ChatRequest, images: list[Any], gen: dict[str, Any]) -> Any:
