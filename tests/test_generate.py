@@ -180,6 +180,9 @@ def test_stream_chat_checks_before_the_first_token(vlm):
 
 
 def test_compiled_decoding_answers_as_eager_does(tiny_run):
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
     eager = minimind_v.load(tiny_run, device="cpu", weights="bf16")
     fast = minimind_v.load(tiny_run, device="cpu", weights="bf16", compile=True)
     assert callable(getattr(fast.model, "decode_step", None)) and not hasattr(eager.model, "decode_step")
@@ -187,3 +190,13 @@ def test_compiled_decoding_answers_as_eager_does(tiny_run):
     items = [([image], "<image>\nWhat color is it?"), ([image], "<image>\nDescribe the image.")]
     for ask in (lambda v: v.answer_batch(items, max_new_tokens=8), lambda v: v.answer(*items[0], max_new_tokens=8)):
         assert ask(fast) == ask(eager)  # batched (padded) and single rows: the same greedy answers
+    assert counters["stats"]["unique_graphs"] > graphs  # really compiled, not a silent fall-back to eager
+
+
+def test_warm_up_runs_decoding_steps_even_when_every_token_would_stop(tiny_run):
+    vlm = minimind_v.load(tiny_run, device="cpu")
+    calls = []
+    vlm.model.decode_step = lambda model, *a, **k: calls.append(1) or model(*a, **k)
+    vlm.stop_ids = list(range(vlm.model.cfg.llm.vocab_size))  # any answer would end at its first token
+    vlm.warm_up()
+    assert len(calls) == 3  # 4 tokens: the prompt's forward, then 3 one-token steps through decode_step

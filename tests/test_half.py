@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from minimind_v.cli import main
 from minimind_v.config import LLMConfig, VisionConfig, VLMConfig
 from minimind_v.data.tokenizer import train_tokenizer
+import minimind_v.model.half as half_module
 from minimind_v.model.half import HalfEmbedding, HalfLinear, Int8Linear, empty_model, quantize_int8, store_weights
 from minimind_v.model.llm import MiniMindLM
 from minimind_v.model.stream_load import stream_tensors
@@ -68,15 +72,36 @@ def test_llm_in_half_keeps_ties_halves_bytes_and_stays_close():
     assert torch.isfinite(step).all()
 
 
-def test_empty_model_builds_on_meta_and_restores_the_initialisers():
-    init = nn.init.normal_
-    with pytest.raises(RuntimeError, match="boom"):
-        with empty_model():
-            m = nn.Embedding(10, 4)
-            assert m.weight.device.type == "meta" and nn.init.normal_ is not init
-            raise RuntimeError("boom")
-    assert nn.init.normal_ is init
-    assert nn.Embedding(3, 2).weight.device.type == "cpu"
+def test_empty_model_skips_initialisers_on_meta_only_and_only_in_its_thread():
+    built: dict[str, nn.Module] = {}
+    inside, finished = threading.Event(), threading.Event()
+
+    def other_thread() -> None:  # builds a module while the main thread is inside empty_model()
+        inside.wait()
+        built["linear"] = nn.Linear(64, 64)
+        finished.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with empty_model():
+        m = nn.Embedding(10, 4)
+        inside.set()
+        finished.wait(10)
+    worker.join()
+    assert m.weight.device.type == "meta"
+    lin = built["linear"].weight.detach()
+    assert lin.device.type == "cpu" and 0.01 < float(lin.std()) < 0.2  # kaiming-uniform, not raw memory
+    assert float(nn.Linear(64, 64).weight.detach().std()) > 0.01  # and initialisers work again afterwards
+
+
+def test_empty_model_never_imports_what_meta_initialisation_would():
+    code = ("import sys, torch.nn as nn\n"
+            "from minimind_v.model.half import empty_model\n"
+            "before = set(sys.modules)\n"
+            "with empty_model():\n    nn.Embedding(10, 4); nn.Linear(4, 4); nn.LayerNorm(4)\n"
+            "print('sympy' in set(sys.modules) - before)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # torch.device("meta") alone pulls in sympy and ~800 modules (70 MB)
 
 
 def test_stream_tensors_matches_safetensors_and_converts(tmp_path):
@@ -97,10 +122,11 @@ def test_stream_tensors_matches_safetensors_and_converts(tmp_path):
         list(stream_tensors(truncated, lambda k: torch.float32))
 
 
-def test_load_run_in_bf16_matches_float32_within_rounding(tiny_run):
+@pytest.mark.parametrize("weights,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_load_run_in_half_matches_float32_within_rounding(tiny_run, weights, dtype):
     full, tok = load_run(tiny_run)
-    half, _ = load_run(tiny_run, weights="bf16")
-    assert half.llm.layers[0].attn.q_proj.weight.dtype == torch.bfloat16
+    half, _ = load_run(tiny_run, weights=weights)
+    assert half.llm.layers[0].attn.q_proj.weight.dtype == dtype
     assert half.llm.norm.weight.dtype == torch.float32
     assert any(isinstance(m, HalfLinear) for m in half.vision.tower.modules())  # the scratch encoder too
     ids = torch.tensor([[1] * 4 + [half.cfg.image_token_id] * half.tokens_per_image + [5, 6, 7]])
@@ -182,3 +208,38 @@ def test_int8_encoder_stores_a_quarter_and_stays_close(siglip_run):
     assert 0 < _rel(b, a) < 0.03
     with pytest.raises(ValueError, match="encoder weights also int8"):
         load_run(siglip_run, weights="int8")
+
+
+def test_upcast_in_blocks_equals_one_product(monkeypatch):
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(16, 40), nn.Linear(16, 40))
+    half, int8 = store_weights(nn.Sequential(seq[0]), torch.bfloat16)[0], store_weights(nn.Sequential(seq[1]), torch.int8)[0]
+    x = torch.randn(7, 16)
+    whole = (half(x), int8(x))
+    monkeypatch.setattr(half_module, "UPCAST_CHUNK", 16 * 6)  # 6 rows of the weight at a time: 7 blocks
+    blocks = (half(x), int8(x))
+    for a, b in zip(whole, blocks):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(whole[1], torch.nn.functional.linear(x, int8.weight.float() * int8.scale, int8.bias))
+
+
+def test_int8_keeps_tied_linears_tied_and_half_linear_takes_half_inputs():
+    shared = nn.Linear(8, 8)
+    pair = nn.Sequential(shared, nn.Linear(8, 8))
+    pair[1].weight = shared.weight
+    store_weights(pair, torch.int8)
+    assert pair[0].weight is pair[1].weight and pair[0].scale is pair[1].scale
+    lin = store_weights(nn.Sequential(nn.Linear(8, 4)), torch.bfloat16)[0]
+    assert lin(torch.randn(3, 8).bfloat16()).dtype == torch.bfloat16  # bias follows the weight's dtype
+
+
+def test_int8_encoder_loads_for_a_run_whose_encoder_was_not_frozen(siglip_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "unfrozen"
+    shutil.copytree(siglip_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["vision"]["freeze"] = False
+    (run / "config.json").write_text(json.dumps(cfg))
+    model, _ = load_run(run, weights="bf16", encoder_weights="int8")
+    assert not any(p.requires_grad for p in model.vision.parameters())

@@ -61,7 +61,8 @@ class VLMChat:
 
     def answer_batch(self, items: list[tuple[list[Image.Image], str]], max_new_tokens: int = 64,
                      temperature: float = 0.0, **gen: Any) -> list[str]:
-        """Several (images, question) pairs in one batched generation; same answers as one by one."""
+        """Several (images, question) pairs in one batched generation; same answers as one by one (within
+        rounding when the weights are stored in half precision)."""
         prompts, images = [], []
         for ims, q in items:
             self._check(ims, q)
@@ -72,8 +73,10 @@ class VLMChat:
         return [self.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
 
     def warm_up(self) -> None:
-        """Answer a throwaway question: with compile=True this is when the decoding step gets compiled."""
-        self.answer([], "Hello", max_new_tokens=4)
+        """Generate a few throwaway tokens (never stopping early): with compile=True this is when the decoding
+        step gets compiled, and recompiled for the lengths that change from step to step."""
+        generate(self.model, [self._prompt([{"role": "user", "content": "Hello"}])], None,
+                 GenerationConfig(max_new_tokens=4), pad_id=self.pad_id)
 
     @property
     def context_length(self) -> int:

@@ -4,10 +4,13 @@ Left padding puts every prompt's last token in the same column, so one decoding 
 the attention mask keeps pad columns invisible and positions count real tokens only, which makes each row's
 result identical to generating it alone. Two more things keep that promise when sampling: the repetition
 penalty only counts a row's real tokens (never its padding), and a seeded run gives every row its own random
-generator seeded alike, so row i draws exactly the numbers it would draw in a batch of one.
+generator seeded alike, so row i draws exactly the numbers it would draw in a batch of one. (With weights stored
+in half precision a one-row step computes in bf16 and a batched one in float32, model/half.py: rows then agree
+with their lone runs within rounding, and a near-tie between two tokens can go either way.)
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -127,7 +130,8 @@ def generate_stream(model: torch.nn.Module, prompts: list[list[int]], pixel_valu
     out = model(ids, pixel_values, attention_mask=mask if has_pad else None, cache=cache, logits_to_keep=1)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stops = torch.tensor(gen.stop_ids or [-1], device=device)
-    decode = getattr(model, "decode_step", None) or model  # one token per row: compiled if compile_decoding ran
+    compiled = getattr(model, "decode_step", None)  # one token per row: compiled if compile_decoding ran
+    decode = functools.partial(compiled, model) if compiled is not None else model
     for step in range(gen.max_new_tokens):
         nxt = sample_next(out.logits[:, -1], gen, seen, generators)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
@@ -149,7 +153,9 @@ def compile_decoding(model: torch.nn.Module) -> None:
     1.4x faster at batch 1, README). The first answer pays for the compilation (about a minute on two cores),
     so this suits long-lived processes: serve, web, chat.
     """
-    model.decode_step = torch.compile(model.forward, dynamic=True)
+    # The class's forward, not this instance's bound one: a deep copy of the model then decodes with its own
+    # weights (the step is called with the model as its first argument).
+    model.decode_step = torch.compile(type(model).forward, dynamic=True)
 
 
 def generate(model: torch.nn.Module, prompts: list[list[int]], pixel_values: Tensor | None,

@@ -45,7 +45,7 @@ class ModelPool:
         self.runs, self.device = runs, device
         self.load_options = {"weights": weights, "encoder_weights": encoder_weights, "compile": compile}
         self._loaded: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._locks = {name: threading.Lock() for name in runs}  # one per model: loading one blocks no other
 
     @property
     def names(self) -> list[str]:
@@ -57,7 +57,9 @@ class ModelPool:
 
         if name not in self.runs:
             raise KeyError(name)
-        with self._lock:
+        if name in self._loaded:
+            return self._loaded[name]
+        with self._locks[name]:
             if name not in self._loaded:
                 vlm = load(self.runs[name], device=self.device, **self.load_options)
                 if self.load_options["compile"]:  # compile now, not in the first user's request

@@ -14,12 +14,13 @@ one-row decoding products.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STORAGE_DTYPES = {"fp32": torch.float32, **HALF_DTYPES, "int8": torch.int8}
@@ -54,7 +55,7 @@ class HalfLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if x.dtype == w.dtype:
-            return F.linear(x, w, self.bias)
+            return F.linear(x, w, None if self.bias is None else self.bias.to(w.dtype))
         if x.numel() // x.shape[-1] <= HALF_MATMUL_MAX_ROWS or x.device.type != "cpu":
             b = None if self.bias is None else self.bias.to(w.dtype)
             return F.linear(x.to(w.dtype), w, b).to(x.dtype)
@@ -102,7 +103,7 @@ def store_weights(module: nn.Module, dtype: torch.dtype, embeddings: bool = True
     """
     if dtype not in (*HALF_DTYPES.values(), torch.int8):
         raise ValueError(f"weights are stored in torch.bfloat16, torch.float16 or torch.int8, not {dtype}")
-    converted: dict[int, nn.Parameter] = {}
+    converted: dict[int, Any] = {}  # id(parameter) -> its converted form, so tied weights stay tied
 
     def frozen(t: Tensor) -> nn.Parameter:
         return nn.Parameter(t, requires_grad=False)
@@ -112,16 +113,21 @@ def store_weights(module: nn.Module, dtype: torch.dtype, embeddings: bool = True
             converted[id(p)] = frozen(p.detach().to(dtype))
         return converted[id(p)]
 
+    def int8(p: nn.Parameter) -> tuple[nn.Parameter, nn.Parameter]:
+        if id(p) not in converted:
+            w = p.detach()
+            if w.is_meta:  # shapes only: computing a scale on meta tensors would import torch's decompositions
+                q, scale = torch.empty(w.shape, dtype=torch.int8, device="meta"), torch.empty(w.shape[0], 1, device="meta")
+            else:
+                q, scale = quantize_int8(w)
+            converted[id(p)] = (frozen(q), frozen(scale))
+        return converted[id(p)]
+
     def linear(child: nn.Linear) -> nn.Module:
         bias = None if child.bias is None else frozen(child.bias.detach().float())
         if dtype != torch.int8:
             return HalfLinear(half(child.weight), bias)
-        w = child.weight.detach()
-        if w.is_meta:  # shapes only: computing a scale on meta tensors would import torch's decompositions
-            q, scale = torch.empty(w.shape, dtype=torch.int8, device="meta"), torch.empty(w.shape[0], 1, device="meta")
-        else:
-            q, scale = quantize_int8(w)
-        return Int8Linear(frozen(q), frozen(scale), bias)
+        return Int8Linear(*int8(child.weight), bias)
 
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
@@ -132,6 +138,21 @@ def store_weights(module: nn.Module, dtype: torch.dtype, embeddings: bool = True
     return module
 
 
+class _SkipMetaInit(TorchFunctionMode):
+    """Turns weight initialisers on meta tensors into no-ops. A function mode is per thread, like
+    torch.device("meta") itself: modules built meanwhile by other threads are initialised as usual."""
+
+    METHODS = {"normal_", "uniform_", "fill_", "zero_"}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", "") == "torch.nn.init" or getattr(func, "__name__", "") in self.METHODS:
+            t = args[0] if args else kwargs.get("tensor")
+            if isinstance(t, Tensor) and t.is_meta:
+                return t
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def empty_model() -> Iterator[None]:
     """Build modules on the meta device without running their initialisers, for weights about to be loaded.
@@ -139,14 +160,5 @@ def empty_model() -> Iterator[None]:
     Skipping the initialisers is not only faster: initialising a meta tensor with normal_ imports torch's Python
     decompositions, about 70 MB of resident memory that an inference process never needs otherwise.
     """
-    names = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_", "xavier_uniform_",
-             "xavier_normal_", "ones_", "zeros_", "constant_")
-    saved = {n: getattr(nn.init, n) for n in names}
-    try:
-        for n in names:
-            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
-        with torch.device("meta"):
-            yield
-    finally:
-        for n, f in saved.items():
-            setattr(nn.init, n, f)
+    with torch.device("meta"), _SkipMetaInit():
+        yield

@@ -76,7 +76,8 @@ class VisionEncoder(nn.Module):
         self.cfg = cfg
         # `tower` (module, processor) lets a caller bring one it built itself, e.g. the light inference towers.
         self.tower, self.processor = tower or _build_tower(cfg)
-        self.tower.requires_grad_(not cfg.freeze)
+        if tower is None:  # a tower brought in is for inference (possibly int8): left as it came
+            self.tower.requires_grad_(not cfg.freeze)
         self._set_geometry()
 
     def _set_geometry(self) -> None:

@@ -240,6 +240,8 @@ def load_light_vit(path: str | Path, weight_dtype: torch.dtype | None = None
     size = proc_cfg.get("size")
     if size is not None and _size_dict(size, square=bool(proc_cfg.get("default_to_square"))) is None:
         return None  # a resize rule not reproduced here: transformers' processor will do it
+    if not isinstance(proc_cfg.get("resample", 3), int):
+        return None  # a filter given by name: likewise
     processor = ImagePreprocessor(proc_cfg, kind)
 
     with empty_model():

@@ -100,8 +100,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
 
     `weights` "bf16"/"fp16" stores the weights in half precision for inference (half the memory, faster
     decoding; see model/half.py); `encoder_weights` (default: the same) may also be "int8" for the vision
-    encoder. The model is then built on the meta device and filled one tensor at a time, so no float32 copy
-    of it is ever allocated.
+    encoder. The LLM (and a pretrained encoder) is then built on the meta device and filled one tensor at a
+    time, so no float32 copy of it is ever allocated.
     """
     run = Path(run_dir)
     cfg, extra = read_config(run)
@@ -126,7 +126,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
         unexpected = [k for k in read_header(file)[0] if k not in want]
         model.load_state_dict(state, strict=False, assign=True)
         missing = [k for k in want if k not in state]
-    missing = [k for k in missing if not k.startswith("vision.") and k != "llm.lm_head.weight"]
+    tied = cfg.llm.tie_embeddings
+    missing = [k for k in missing if not k.startswith("vision.") and not (tied and k == "llm.lm_head.weight")]
     if missing or unexpected:
         raise ValueError(f"{run}/model.safetensors does not fit its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
@@ -145,6 +146,8 @@ def stored_vision(cfg: VisionConfig, dtype: torch.dtype) -> VisionEncoder:
         if light is not None:
             return VisionEncoder(cfg, tower=light)
     vision = VisionEncoder(cfg)
-    if cfg.kind != "cnn" and dtype != torch.float32:  # a ResNet is convolutions: nothing to swap, and small
+    if cfg.kind == "cnn" and dtype != torch.float32:
+        warnings.warn("a cnn encoder is all convolutions (and small): it stays in float32", stacklevel=3)
+    elif dtype != torch.float32:
         store_weights(vision.tower, dtype, embeddings=False)
     return vision
