@@ -349,3 +349,21 @@ def test_official_vectors(vector):
             got.append(logits[:, -1].argmax(-1, keepdim=True))
             logits = model(got[-1], cache=cache).logits
     assert torch.cat(got, 1).tolist() == new.tolist()
+
+
+def test_training_drops_a_right_padding_mask_and_real_positions_do_not_notice():
+    pad = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    assert attention_plan(4, 0, pad, None, torch.device("cpu"), pad_outputs_unused=True) == (None, True)
+    left = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])  # left padding: real tokens would see pads, keep the mask
+    assert attention_plan(4, 0, left, None, torch.device("cpu"), pad_outputs_unused=True)[0] is not None
+    assert attention_plan(4, 0, pad, None, torch.device("cpu"))[0] is not None  # inference keeps it
+    model = tiny()
+    ids = torch.randint(0, 97, (2, 6))
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        masked = model(ids, attention_mask=mask).logits
+        model.train()
+        unmasked = model(ids, attention_mask=mask).logits
+        model.eval()
+    real = mask.bool()
+    torch.testing.assert_close(unmasked[real], masked[real])  # only the pads' own outputs may differ
