@@ -60,6 +60,16 @@ def build_tiny_run(out: Path, seed: int = 0) -> Path:
     return save_run(model, tok, out)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run as fast on one thread, and a busy machine cannot stall a parallel region. (Torch is set to
+    one thread above; this puts it back for modules that need it even after a test changed it.)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory with random weights (answers are gibberish, but every code path is real)."""

@@ -49,7 +49,7 @@ def test_generate_until_cuts_at_until_and_adds_image_markers():
             gen_request(2, until="STOP", max_new_tokens=5, do_sample=True, temperature=0.7),
             gen_request(0, max_new_tokens=5)]
     assert lm.generate_until(reqs) == ["answer 1 ", "answer 1 ", "answer 1 ", "answer 1 STOP tail"]
-    (items, n, temp), (items2, n2, temp2) = vlm.calls[0], vlm.calls[1]
+    (items, n, temp), (_, n2, temp2) = vlm.calls[0], vlm.calls[1]
     assert len(items) == 2 and len(vlm.calls) == 3  # one batched call per batch and set of kwargs
     assert items[0][1] == "<image>\nWhat color is the image?" and items[0][0][0].getpixel((0, 0)) == (255, 0, 0)
     assert (n, temp) == (7, 0.0) and (n2, temp2) == (5, 0.7)  # greedy unless the task asks to sample

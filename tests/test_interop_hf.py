@@ -31,6 +31,8 @@ from minimind_v.interop.official import Converted
 from minimind_v.model.llm import MiniMindLM
 from minimind_v.train.checkpoint import load_run, save_run
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, see conftest
+
 TOL = dict(atol=1e-4, rtol=1e-4)
 SAME = dict(atol=1e-5, rtol=1e-5)  # the export runs the very same code: only kernel-level noise is allowed
 
@@ -153,15 +155,6 @@ def red_square() -> Image.Image:
     im = Image.new("RGB", (40, 30), (240, 240, 235))
     im.paste((220, 30, 30), (8, 6, 28, 24))
     return im
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: one thread is as fast, and a busy machine cannot stall a parallel region."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def add_vector(p: Probe, name: str, root: Path, full: bool) -> dict:

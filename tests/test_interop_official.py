@@ -16,6 +16,8 @@ from minimind_v.interop.importer import import_official
 from minimind_v.interop.official import convert, expected_shapes
 from minimind_v.train.checkpoint import load_run
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, see conftest
+
 VECTORS = ["a_dense", "a_moe", "b_dense", "b_moe"]
 MANIFESTS = ["MiniMind2-Small-V", "MiniMind2-V", "MiniMind2-V-MoE", "minimind-3v", "minimind-3v-moe"]
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -38,15 +40,6 @@ def compat() -> Path:
 def release(vector: str) -> tuple[str, str, int | None]:
     """(format, tokenizer folder, n_heads flag) of a vector. A does not record its head count: the vectors use 4."""
     return ("minimind2-v", "minimind2-v", 4) if vector.startswith("a") else ("minimind3-v", "minimind-3v", None)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The vector models are tiny: one thread is as fast, and a busy machine cannot stall a parallel region."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

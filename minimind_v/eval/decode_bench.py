@@ -26,7 +26,7 @@ import torch
 from ..data.chat import encode_prompt
 from ..data.synthetic import random_image
 from ..infer.generate import GenerationConfig, generate_stream
-from ..model.half import STORAGE_DTYPES, store_weights
+from ..model.half import STORAGE_DTYPES, store_encoder_weights, store_weights
 from ..model.vlm import MiniMindVLM
 from ..train.trainer import autocast
 from .flops import summary, sync
@@ -43,8 +43,7 @@ def with_weights(model: MiniMindVLM, weights: str, encoder_weights: str | None =
     low = copy.deepcopy(model)
     if weights != "fp32":
         store_weights(low.llm, STORAGE_DTYPES[weights])
-    if low.cfg.vision.kind != "cnn" and encoder_weights != "fp32":
-        store_weights(low.vision.tower, STORAGE_DTYPES[encoder_weights], embeddings=False)
+    store_encoder_weights(low.vision, STORAGE_DTYPES[encoder_weights])
     return low
 
 

@@ -34,6 +34,15 @@ def with_markers(text: str, n_images: int) -> str:
     return f"{IMAGE_MARKER}\n" * n_images + text
 
 
+def add_server_arguments(p: argparse.ArgumentParser, port: int, model_help: str) -> None:
+    """--model / --host / --port / --device and the loading switches: what `serve` and `web` share."""
+    p.add_argument("--model", action="append", required=True, help=model_help)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--device", default="auto")
+    add_loading_arguments(p)
+
+
 def add_loading_arguments(p: argparse.ArgumentParser) -> None:
     """--weights / --encoder-weights / --compile, for every command that loads a model to answer with."""
     p.add_argument("--weights", choices=["fp32", "bf16", "fp16"], default="fp32",

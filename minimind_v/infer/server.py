@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from .cli_infer import add_loading_arguments
+from .cli_infer import add_server_arguments
 from .images import ImageLimits
 from .openai_protocol import (APIError, ChatRequest, bad, chunk, completion_body, generation_args, load_images, new_id,
                               parse_chat_request, usage)
@@ -242,10 +242,8 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterato
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API")
-    p.add_argument("--model", action="append", required=True,
-                   help="run directory, or a folder of them (repeat for several); clients pick by directory name")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    add_server_arguments(p, 8000, "run directory, or a folder of them (repeat for several); clients pick by "
+                                  "directory name")
     p.add_argument("--api-key", default=os.environ.get("MINIMIND_V_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $MINIMIND_V_API_KEY, else open)")
     p.add_argument("--allow-local-dir", default=None, help="let file:// image URLs read images under this folder")
@@ -254,8 +252,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-image-mb", type=float, default=8.0, help="encoded size of one image")
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="width x height of one image")
     p.add_argument("--max-tokens", type=int, default=256, help="answer length when a request gives none")
-    p.add_argument("--device", default="auto")
-    add_loading_arguments(p)
     p.set_defaults(func=serve)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..data.chat import IMAGE_MARKER
-from .cli_infer import add_loading_arguments
+from .cli_infer import add_server_arguments
 from .images import ImageLimits, decode_image
 from .registry import ModelPool, find_runs
 
@@ -166,12 +166,7 @@ def launch(pool: ModelPool, host: str = "127.0.0.1", port: int = 7860, **kw: Any
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("web", help="a gradio chat demo in the browser, with image upload")
-    p.add_argument("--model", action="append", required=True,
-                   help="run directory, or a folder of them (repeat for several); switch in the page")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--device", default="auto")
-    add_loading_arguments(p)
+    add_server_arguments(p, 7860, "run directory, or a folder of them (repeat for several); switch in the page")
     p.set_defaults(func=web)
 
 

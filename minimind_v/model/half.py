@@ -14,6 +14,7 @@ one-row decoding products.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
@@ -151,6 +152,17 @@ class _SkipMetaInit(TorchFunctionMode):
             if isinstance(t, Tensor) and t.is_meta:
                 return t
         return func(*args, **kwargs)
+
+
+def store_encoder_weights(vision: nn.Module, dtype: torch.dtype) -> None:
+    """A VisionEncoder's tower with its linear weights in `dtype`. A cnn tower is all convolutions, and small:
+    it stays float32, with a warning when something else was asked for."""
+    if dtype == torch.float32:
+        return
+    if vision.cfg.kind == "cnn":
+        warnings.warn("a cnn encoder is all convolutions (and small): it stays in float32", stacklevel=3)
+        return
+    store_weights(vision.tower, dtype, embeddings=False)
 
 
 @contextlib.contextmanager

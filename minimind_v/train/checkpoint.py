@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import VisionConfig, VLMConfig
 from ..data.tokenizer import load_tokenizer, save_tokenizer
-from ..model.half import HALF_DTYPES, STORAGE_DTYPES, empty_model, store_weights
+from ..model.half import HALF_DTYPES, STORAGE_DTYPES, empty_model, store_encoder_weights, store_weights
 from ..model.stream_load import read_header, stream_tensors
 from ..model.vision import VisionEncoder
 from ..model.vlm import MiniMindVLM
@@ -146,8 +146,5 @@ def stored_vision(cfg: VisionConfig, dtype: torch.dtype) -> VisionEncoder:
         if light is not None:
             return VisionEncoder(cfg, tower=light)
     vision = VisionEncoder(cfg)
-    if cfg.kind == "cnn" and dtype != torch.float32:
-        warnings.warn("a cnn encoder is all convolutions (and small): it stays in float32", stacklevel=3)
-    elif dtype != torch.float32:
-        store_weights(vision.tower, dtype, embeddings=False)
+    store_encoder_weights(vision, dtype)
     return vision
