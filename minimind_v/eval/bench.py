@@ -31,12 +31,11 @@ from ..infer.generate import compile_decoding
 from ..model.vlm import MiniMindVLM
 from ..train.loader import EpochLoader
 from ..train.stages import apply_freeze
+from ..device import autocast, pick_device
 from ..train.trainer import (
     TrainConfig,
-    autocast,
     lm_loss,
     make_optimizer,
-    pick_device,
     to_device,
 )
 from .decode_bench import bench_decode, inference_rss_of, weights_label, with_weights

@@ -25,10 +25,10 @@ import torch
 
 from ..data.chat import encode_prompt
 from ..data.synthetic import random_image
+from ..device import autocast
 from ..infer.generate import GenerationConfig, generate_stream
 from ..model.half import STORAGE_DTYPES, store_encoder_weights, store_weights
 from ..model.vlm import MiniMindVLM
-from ..train.trainer import autocast
 from .flops import summary, sync
 from .memory import PeakMemory
 

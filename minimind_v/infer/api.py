@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from ..data.chat import count_markers, encode_prompt
+from ..device import pick_device
 from ..model.vlm import MiniMindVLM
 from ..train.checkpoint import load_run
-from ..train.trainer import pick_device
 from .generate import GenerationConfig, check_fits, compile_decoding, generate
 from .streaming import ChatStream
 

@@ -25,6 +25,7 @@ from ..data.formats import SampleReader
 from ..data.packing import PackCollate, PadCollate
 from ..data.robust import RowDataset, SkipCollate, TextEncoder
 from ..data.tokenizer import load_tokenizer
+from ..device import pick_device
 from ..model.vlm import MiniMindVLM
 from .checkpoint import load_run, save_run
 from .distributed import close_distributed, init_distributed
@@ -33,7 +34,7 @@ from .loader import EpochLoader
 from .recipes import STAGE_DEFAULTS, vision_recipe
 from .resume import STATE_FILE
 from .stages import apply_freeze
-from .trainer import TrainConfig, pick_device, train
+from .trainer import TrainConfig, train
 
 LLM_STAGES = ("llm-pretrain", "llm-sft")
 

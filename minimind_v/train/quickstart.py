@@ -22,11 +22,12 @@ from ..data.collate import SampleEncoder
 from ..data.packing import PackCollate
 from ..data.shapes_dataset import ShapesWorldDataset
 from ..data.tokenizer import train_tokenizer
+from ..device import pick_device
 from ..model.vlm import MiniMindVLM
 from .checkpoint import save_run
 from .plots import plot_metrics
 from .stages import apply_freeze
-from .trainer import TrainConfig, pick_device, train
+from .trainer import TrainConfig, train
 from .vision_pretrain import pretrain_vision, probe_vision
 
 

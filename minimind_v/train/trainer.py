@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..data.collate import IGNORE
 from ..data.robust import SkipTally
+from ..device import autocast
 from .distributed import Dist
 from .metrics_log import MetricsLog
 from .optim import lr_at, make_optimizer  # noqa: F401  (part of this module's interface)
@@ -49,25 +50,6 @@ class TrainConfig:
     lr_vision: float = 0.0
     save_every: int = 0  # optimizer steps between resumable checkpoints (0: only at the end / on Ctrl-C)
     compile: bool = False  # torch.compile each decoder block
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """auto: CUDA, then Apple MPS, then CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    if dtype not in ("bf16", "fp16"):
-        raise ValueError(f"unknown dtype {dtype!r}; choose fp32, bf16 or fp16")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
 
 class LossModule(nn.Module):
