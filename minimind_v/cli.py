@@ -8,9 +8,10 @@ import argparse
 import importlib
 import sys
 
-# Subcommand modules, in the order `--help` lists them (data -> model -> train -> eval -> serve / interop).
+# Subcommand modules, in the order `--help` lists them (data -> quickstart -> train -> eval -> serve / interop).
 COMMANDS = [
     "minimind_v.data.cli_data",
+    "minimind_v.quickstart",
     "minimind_v.train.cli_train",
     "minimind_v.eval.cli_eval",
     "minimind_v.infer.cli_infer",

@@ -51,6 +51,14 @@ class LLMConfig:
             raise ValueError(f"top_k {self.top_k} must be in 1..n_experts ({self.n_experts})")
 
 
+VOCAB_MULTIPLE = 64  # embedding rows are rounded up to a multiple of this: it keeps the head's matmul aligned
+
+
+def padded_vocab(n_tokens: int) -> int:
+    """The embedding size for a tokenizer of `n_tokens` tokens (rounded up to VOCAB_MULTIPLE)."""
+    return VOCAB_MULTIPLE * math.ceil(n_tokens / VOCAB_MULTIPLE)
+
+
 def minimind2_ffn(dim: int) -> int:
     """MiniMind2's FFN rule: 8/3 * dim rounded up to a multiple of 64 (1408 at 512, 2048 at 768)."""
     return 64 * math.ceil(int(2 * 4 * dim / 3) / 64)
@@ -132,13 +140,14 @@ class VLMConfig:
         if extra:
             raise ValueError(f"unknown VLM config keys: {sorted(extra)}")
         return cls(
-            llm=_build(LLMConfig, d.get("llm", {})),
-            vision=_build(VisionConfig, d.get("vision", {})),
+            llm=build_config(LLMConfig, d.get("llm", {})),
+            vision=build_config(VisionConfig, d.get("vision", {})),
             **{k: v for k, v in d.items() if k not in ("llm", "vision")},
         )
 
 
-def _build(cls: type, d: dict[str, Any]) -> Any:
+def build_config(cls: type, d: dict[str, Any]) -> Any:
+    """A config dataclass from a dict, refusing keys it does not know (a typo must not pass silently)."""
     known = {f.name for f in dataclasses.fields(cls)}
     extra = set(d) - known
     if extra:

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from minimind_v.config import LLMConfig, VisionConfig, VLMConfig
+from minimind_v.config import LLMConfig, VisionConfig, VLMConfig, llm_preset, padded_vocab
+from minimind_v.data.synthetic import WORDS
 from minimind_v.data.tokenizer import train_tokenizer
+from minimind_v.model.checkpoint import save_llm_run, save_run
+from minimind_v.model.llm import MiniMindLM
 from minimind_v.model.vlm import MiniMindVLM
-from minimind_v.train.checkpoint import save_run
 
 # The tests run tiny models, for which one thread beats two: thread hand-offs cost more than the matmuls.
 torch.set_num_threads(1)
@@ -74,3 +77,12 @@ def one_thread():
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory with random weights (answers are gibberish, but every code path is real)."""
     return build_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+def write_tiny_llm_run(out: str | Path, seed: int = 0) -> Path:
+    """A random tiny LLM run directory (tokenizer learnt from WORDS) to start VLM stages from."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) + ". Describe the picture?" for _ in range(200)]
+    tok = train_tokenizer(texts, vocab_size=320)
+    return save_llm_run(MiniMindLM(llm_preset("shapes-tiny", vocab_size=padded_vocab(len(tok)))), tok, out)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import minimind_v
-from minimind_v.train.checkpoint import load_run
+from minimind_v.model.checkpoint import load_run
 
 
 def test_run_directory_round_trip(tiny_run):

@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 import torch
+from conftest import write_tiny_llm_run
 
 from minimind_v.config import VLMConfig
 from minimind_v.data.collate import SampleEncoder
@@ -13,10 +14,10 @@ from minimind_v.data.feature_cache import CachedSampleEncoder, FeatureCache, Fea
 from minimind_v.data.formats import SampleReader
 from minimind_v.data.packing import PadCollate
 from minimind_v.data.robust import RowDataset
-from minimind_v.data.synthetic import synthetic_rows, write_jsonl, write_tiny_encoder, write_tiny_llm_run
+from minimind_v.data.synthetic import synthetic_rows, write_jsonl, write_tiny_encoder
 from minimind_v.model.vlm import MiniMindVLM
+from minimind_v.runs import read_llm
 from minimind_v.train import cli_train
-from minimind_v.train.llm_stages import read_llm
 from minimind_v.train.pipeline import run_stage
 from minimind_v.train.recipes import vision_recipe
 from minimind_v.train.trainer import LossModule

@@ -14,7 +14,7 @@ from minimind_v.data.formats import (BadRow, JsonlRows, ParquetRows, SampleReade
                                      index_lines, parse_conversations)
 from minimind_v.data.robust import RowDataset, SkipCollate, SkipTally
 from minimind_v.data.synthetic import synthetic_rows, write_jsonl, write_parquet
-from minimind_v.train.checkpoint import load_run
+from minimind_v.model.checkpoint import load_run
 
 
 def test_index_lines_skips_blank_lines_and_handles_no_final_newline(tmp_path):

@@ -23,13 +23,13 @@ from safetensors.torch import load_file, save_file
 import minimind_v
 from minimind_v.config import LLMConfig
 from minimind_v.infer.generate import GenerationConfig, generate
-from minimind_v.interop.chat_format import encode_template_prompt
+from minimind_v.data.template_prompt import encode_template_prompt
 from minimind_v.interop.hf_export import export_hf, localize_imports, remote_code_files
 from minimind_v.interop.hf_llm import export_llm_only, load_llm, pick_architecture
 from minimind_v.interop.importer import import_official, write_llm_run
 from minimind_v.interop.official import Converted
 from minimind_v.model.llm import MiniMindLM
-from minimind_v.train.checkpoint import load_run, save_run
+from minimind_v.model.checkpoint import load_run, save_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, see conftest
 

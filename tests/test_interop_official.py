@@ -10,11 +10,11 @@ import torch
 from conftest import shared_dir
 
 from minimind_v.infer.generate import GenerationConfig, generate
-from minimind_v.interop.chat_format import encode_template_prompt, render_prompt
+from minimind_v.data.template_prompt import encode_template_prompt, render_prompt
 from minimind_v.interop.hf_llm import load_llm
 from minimind_v.interop.importer import import_official
 from minimind_v.interop.official import convert, expected_shapes
-from minimind_v.train.checkpoint import load_run
+from minimind_v.model.checkpoint import load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, see conftest
 
@@ -186,7 +186,7 @@ def test_llm_only_weights_become_an_llm_run(vector, tmp_path):
     case = load_file(vec / "case.safetensors")
     model, tok = load_llm(run)
     assert tok.eos_token_id == 2
-    from minimind_v.train.llm_stages import read_llm
+    from minimind_v.runs import read_llm
 
     cfg, weights = read_llm(run)  # what `train pretrain --from-llm RUN` starts from
     assert cfg == model.cfg and set(weights) == set(model.state_dict()) - {"lm_head.weight"}

@@ -16,7 +16,7 @@ from minimind_v.data.collate import SampleEncoder, collate
 from minimind_v.data.shapes_dataset import ShapesWorldDataset
 from minimind_v.data.tokenizer import train_tokenizer
 from minimind_v.model.vlm import MiniMindVLM
-from minimind_v.train.quickstart import corpus
+from minimind_v.quickstart import corpus
 from minimind_v.train.trainer import TrainConfig, lm_loss, train
 
 

@@ -141,7 +141,7 @@ def test_cnn_run_exports_to_transformers(tmp_path):
     from minimind_v.config import LLMConfig
     from minimind_v.data.tokenizer import train_tokenizer
     from minimind_v.interop.hf_export import export_hf
-    from minimind_v.train.checkpoint import load_run, save_run
+    from minimind_v.model.checkpoint import load_run, save_run
 
     torch.manual_seed(0)
     tok = train_tokenizer(["What color is the circle?", "The circle is red."] * 20, vocab_size=300)

@@ -91,7 +91,7 @@ def encode_prompt(
     """Encode a conversation ending with a user turn, followed by the `<|im_start|>assistant\\n` prompt."""
     if getattr(tok, "chat_template", None) not in (None, CHAT_TEMPLATE):
         # An imported official tokenizer: build the prompt with its own template, as that release was trained.
-        from ..interop.chat_format import encode_template_prompt
+        from .template_prompt import encode_template_prompt
 
         return encode_template_prompt(tok, messages, tokens_per_image=tokens_per_image, image_token=image_token,
                                       system=system)

@@ -194,7 +194,7 @@ def _has_images(reader: SampleReader, peek: int = 50) -> bool:
 
 def tokens_per_image_of(run_dir: str | Path) -> int:
     """Placeholder tokens per image of a run's encoder, from its config alone (nothing is loaded)."""
-    from ..train.checkpoint import read_config
+    from ..runs import read_config
 
     cfg, extra = read_config(run_dir)
     if extra.get("kind") == "llm":

@@ -29,7 +29,7 @@ from .formats import MAX_IMAGE_PIXELS, BadRow, load_image
 
 def encoder_key(vision: Any) -> str:
     """A short hash naming an encoder's feature space: weights, processor and token options."""
-    from ..train.checkpoint import dir_hash
+    from ..runs import dir_hash
 
     cfg = vision.cfg
     h = hashlib.sha256()

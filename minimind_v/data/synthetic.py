@@ -14,6 +14,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from ..encoder_files import write_random_encoder
+
 WORDS = ("the a red blue green small large round square picture shows there is an with on in of and near under "
          "over bright dark shape object background left right center top bottom").split()
 # The faults `broken` seeds, and the reason a reader must give for each.
@@ -132,41 +134,5 @@ def write_chat_jsonl(path: str | Path, n: int, seed: int = 0) -> Path:
 
 def write_tiny_encoder(kind: str, out: str | Path, image_size: int = 32, patch_size: int = 8,
                        width: int = 32, seed: int = 0) -> Path:
-    """A randomly initialised CLIP or SigLIP vision tower + image processor in a folder, loadable like the
-    real ones (`--vision-path`): same classes and code path, seconds to build, for tests and dry runs."""
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
-
-    from ..model.vision import _image_processor_classes
-
-    clip_proc, siglip_proc = _image_processor_classes()
-    torch.manual_seed(seed)
-    common = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=image_size, patch_size=patch_size)
-    if kind == "clip":
-        model = CLIPVisionModel(CLIPVisionConfig(**common, hidden_act="quick_gelu"))
-        proc = clip_proc(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
-    elif kind == "siglip":
-        model = SiglipVisionModel(SiglipVisionConfig(**common))
-        proc = siglip_proc(size={"height": image_size, "width": image_size})
-    else:
-        raise ValueError(f"kind must be 'clip' or 'siglip', not {kind!r}")
-    model.save_pretrained(out)
-    proc.save_pretrained(out)
-    return Path(out)
-
-
-def write_tiny_llm_run(out: str | Path, seed: int = 0) -> Path:
-    """A random tiny LLM run directory (tokenizer learnt from WORDS) to start VLM stages from in a dry run."""
-    import torch
-
-    from ..config import llm_preset
-    from ..train.llm_stages import LMOnly, save_llm_run
-    from .tokenizer import train_tokenizer
-
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) + ". Describe the picture?" for _ in range(200)]
-    tok = train_tokenizer(texts, vocab_size=320)
-    model = LMOnly(llm_preset("shapes-tiny", vocab_size=64 * -(-len(tok) // 64)))
-    return save_llm_run(model, tok, out)
+    """A random one-layer CLIP or SigLIP encoder folder, loadable like the real ones: seconds to build."""
+    return write_random_encoder(kind, out, image_size=image_size, patch_size=patch_size, width=width, seed=seed)

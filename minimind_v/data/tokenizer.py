@@ -14,6 +14,8 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from ..runs import write_tokenizer
+
 PAD_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"
 EOS_TOKEN = "<|im_end|>"
@@ -80,11 +82,10 @@ def train_tokenizer(
 def save_tokenizer(tok: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
     """Write the tokenizer directory, with the chat template inside tokenizer_config.json.
 
-    Keeping the template in the JSON (not a separate .jinja file) lets older transformers versions read it too.
+    Keeping the template in the JSON (not a separate .jinja file) lets older transformers versions read it too;
+    each file is written atomically (runs.py).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(str(out_dir), save_jinja_files=False)
+    write_tokenizer(tok, Path(out_dir))
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:

@@ -242,7 +242,7 @@ def bench_from_args(a: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--only takes a comma list of train, decode; got {a.only!r}")
     mem = PeakMemory(device)
     if a.model:
-        from ..train.checkpoint import load_run
+        from ..model.checkpoint import load_run
 
         model, tok = load_run(a.model, "cpu")
     else:

@@ -90,7 +90,7 @@ def inference_rss(run_dir: str | Path, weights: str, encoder_weights: str | None
 def inference_rss_of(model: MiniMindVLM, tokenizer: Any, weights: list[str], encoder_weights: str | None = None,
                      new_tokens: int = 100) -> dict:
     """inference_rss for a model in memory, saved to a temporary run directory first; keyed by the weights."""
-    from ..train.checkpoint import save_run
+    from ..model.checkpoint import save_run
 
     with tempfile.TemporaryDirectory(prefix="minimind-v-rss-") as tmp:
         save_run(model, tokenizer, tmp)

@@ -16,8 +16,8 @@ from PIL import Image
 
 from ..data.chat import count_markers, encode_prompt
 from ..device import pick_device
+from ..model.checkpoint import load_run
 from ..model.vlm import MiniMindVLM
-from ..train.checkpoint import load_run
 from .generate import GenerationConfig, check_fits, compile_decoding, generate
 from .streaming import ChatStream
 

@@ -20,13 +20,14 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ..data.tokenizer import save_tokenizer
+from ..runs import is_llm_run
 
 PACKAGE = Path(__file__).resolve().parents[1]
 TEMPLATES = Path(__file__).resolve().parent / "hf_modeling"
 # package module (path under minimind_v/) -> short name; exported as mmv_<name>.py
 MODEL_SOURCES = {"config": "config.py", "llm": "model/llm.py", "moe": "model/moe.py",
                  "kv_cache": "model/kv_cache.py", "projector": "model/projector.py",
-                 "vision": "model/vision.py", "vlm": "model/vlm.py"}
+                 "vision": "model/vision.py", "vlm": "model/vlm.py", "encoder_files": "encoder_files.py"}
 TEMPLATE_FILES = ("configuration_minimind_v.py", "modeling_minimind_v.py", "processing_minimind_v.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_minimind_v.MiniMindVConfig",
@@ -64,12 +65,12 @@ def remote_code_files() -> dict[str, str]:
 
 def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the transformers directory for the run at `run_dir`; returns `out_dir`."""
-    from ..train.checkpoint import load_run, read_config
+    from ..model.checkpoint import load_run
 
     run, out = Path(run_dir), Path(out_dir)
     if out.resolve() == run.resolve():
         raise ValueError("--out must be a new directory, not the run directory itself")
-    if read_config(run)[1].get("kind") == "llm":
+    if is_llm_run(run):
         raise ValueError(f"{str(run)!r} holds an LLM without vision; export it with --llm-only")
     model, tok = load_run(run)
     cfg = model.cfg

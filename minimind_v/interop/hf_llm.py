@@ -23,7 +23,9 @@ from safetensors.torch import save_file
 
 from ..config import LLMConfig
 from ..data.tokenizer import load_tokenizer, save_tokenizer
+from ..model.checkpoint import load_llm_weights
 from ..model.llm import MiniMindLM
+from ..runs import read_llm
 
 
 def pick_architecture(cfg: LLMConfig) -> str:
@@ -100,24 +102,10 @@ def hf_state_dict(sd: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Ten
 
 def load_llm(run_dir: str | Path) -> tuple[MiniMindLM, Any]:
     """The LLM of a run directory (an LLM run, or a VLM run whose language model is taken) and its tokenizer."""
-    from safetensors.torch import load_file
-
-    from ..train.checkpoint import read_config
-
-    run = Path(run_dir)
-    cfg, _ = read_config(run)
-    if not (run / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{str(run)!r} has no model.safetensors")
-    sd = {k[4:]: v for k, v in load_file(str(run / "model.safetensors")).items() if k.startswith("llm.")}
-    model = MiniMindLM(cfg.llm)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.llm.tie_embeddings)]
-    if missing or unexpected:
-        raise ValueError(f"{run}/model.safetensors does not fit its config: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    if cfg.llm.tie_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
-    return model.eval(), load_tokenizer(run)
+    cfg, weights = read_llm(run_dir)
+    model = MiniMindLM(cfg)
+    load_llm_weights(model, weights, str(run_dir))
+    return model.eval(), load_tokenizer(run_dir)
 
 
 def export_llm_only(run_dir: str | Path, out_dir: str | Path) -> Path:

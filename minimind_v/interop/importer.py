@@ -7,7 +7,7 @@
       vision/            only with copy_vision; otherwise the encoder folder is referenced by path + hash
 
 The official tokenizer keeps its own chat template, so prompts are built the way the release was trained
-(`chat_format.encode_template_prompt`), and generation stops on the tokenizer's EOS (`</s>` or `<|im_end|>`).
+(`data/template_prompt.py`), and generation stops on the tokenizer's EOS (`</s>` or `<|im_end|>`).
 
 An LLM alone (`minimind-llm`, e.g. `llm_512.pth`) becomes an LLM run directory, the layout `minimind-v train
 llm-pretrain` writes: `{"kind": "llm", "llm": {...}}` in config.json, `llm.*` weights, the tokenizer. VLM training
@@ -15,14 +15,17 @@ starts from it with `--from-llm RUN_DIR`, and `export --llm-only` turns it into 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
+from .. import runs
 from ..config import LLMConfig, VisionConfig, VLMConfig
-from ..data.tokenizer import load_tokenizer, save_tokenizer
+from ..data.tokenizer import load_tokenizer
+from ..model.checkpoint import save_run
+from ..model.vision import VisionEncoder
+from ..model.vlm import MiniMindVLM
+from ..runs import copy_encoder
 from .official import FORMATS, Converted, convert, load_checkpoint
 
 # What the weights cannot say: each release's encoder family, placeholder and chat format.
@@ -91,26 +94,10 @@ def vision_config(kind: str, path: Path) -> VisionConfig:
                         drop_cls=kind == "clip", post_layernorm=False, freeze=True)
 
 
-def copy_encoder(src: Path, dst: Path) -> None:
-    """Copy what transformers needs to load the encoder (configs and weights), nothing else."""
-    dst.mkdir(parents=True, exist_ok=True)
-    files = [f for f in src.iterdir() if f.is_file()]
-    weights = [f for f in files if f.name.endswith((".safetensors", ".safetensors.index.json"))]
-    if not weights:
-        weights = [f for f in files if f.name.startswith("pytorch_model") and f.suffix in (".bin", ".json")]
-    for f in [f for f in files if f.name in ("config.json", "preprocessor_config.json")] + weights:
-        shutil.copy2(f, dst / f.name)
-
-
 def write_vlm_run(conv: Converted, tok: Any, vision: Path, out: Path, extra: dict, release: dict,
                   copy_vision: bool) -> Path:
-    from ..model.vision import VisionEncoder
-    from ..model.vlm import MiniMindVLM
-    from ..train.checkpoint import save_run
-
     if copy_vision:
-        copy_encoder(vision, out / "vision")
-        vision = out / "vision"
+        vision = copy_encoder(vision, out)
     vcfg = vision_config(release["vision_kind"], vision)
     encoder = VisionEncoder(vcfg)
     if encoder.out_dim != conv.projector_in:
@@ -124,25 +111,10 @@ def write_vlm_run(conv: Converted, tok: Any, vision: Path, out: Path, extra: dic
     missing = [k for k in missing if not k.startswith("vision.") and k != "llm.lm_head.weight"]
     if missing or unexpected:  # convert() checked this already; a mismatch here is a bug, not bad input
         raise RuntimeError(f"internal: converted weights do not load: {missing[:5]} {unexpected[:5]}")
-    save_run(model, tok, out, extra=extra)
-    if copy_vision:  # keep the run relocatable: the encoder path is relative to the run directory
-        path = out / "config.json"
-        raw = json.loads(path.read_text())
-        raw["vision"]["path"] = "vision"
-        raw.pop("vision_hash", None)
-        path.write_text(json.dumps(raw, indent=2))
-    return out
+    # A copied encoder is recorded relative to the run, so the run stays relocatable.
+    return save_run(model, tok, out, extra=extra, encoder_in_run=copy_vision)
 
 
 def write_llm_run(conv: Converted, tok: Any, out: Path, extra: dict) -> Path:
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in conv.state_dict.items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    # The LLM run directory of `minimind-v train llm-pretrain`: what `--from-llm` starts a VLM from.
-    (out / "config.json").write_text(json.dumps({"kind": "llm", "llm": dataclasses.asdict(conv.llm), **extra},
-                                                indent=2))
-    save_tokenizer(tok, out)
-    return out
-
+    """The LLM run directory of `minimind-v train llm-pretrain`: what `--from-llm` starts a VLM from."""
+    return runs.write_llm_run(out, conv.llm, conv.state_dict, tok, extra=extra)

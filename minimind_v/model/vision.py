@@ -21,15 +21,7 @@ import torch.nn as nn
 from PIL import Image
 
 from ..config import VisionConfig
-
-
-def _image_processor_classes():
-    """The PIL-based processors: they need no torchvision (transformers >= 5 names them *Pil)."""
-    import transformers
-
-    clip = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-    siglip = getattr(transformers, "SiglipImageProcessorPil", None) or transformers.SiglipImageProcessor
-    return clip, siglip
+from ..encoder_files import image_processor_classes
 
 
 def pixel_shuffle(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -125,7 +117,7 @@ class VisionEncoder(nn.Module):
 def _build_tower(cfg: VisionConfig):
     from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionModel
 
-    clip_proc, siglip_proc = _image_processor_classes()
+    clip_proc, siglip_proc = image_processor_classes()
     if cfg.kind == "cnn" and not cfg.path:
         from transformers import ResNetModel
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import VLMConfig, llm_preset
+from ..config import VLMConfig, llm_preset, padded_vocab
 from ..data.collate import SampleEncoder
 from ..data.feature_cache import CachedSampleEncoder, FeatureCache, FeatureFiller, encoder_key
 from ..data.formats import SampleReader
@@ -26,10 +26,11 @@ from ..data.packing import PackCollate, PadCollate
 from ..data.robust import RowDataset, SkipCollate, TextEncoder
 from ..data.tokenizer import load_tokenizer
 from ..device import pick_device
+from ..model.checkpoint import load_llm_weights, load_run, save_llm_run, save_run
 from ..model.vlm import MiniMindVLM
-from .checkpoint import load_run, save_run
+from ..runs import read_llm
 from .distributed import close_distributed, init_distributed
-from .llm_stages import LMOnly, load_llm_into, load_llm_run, read_llm, save_llm_run
+from .llm_stages import LMOnly, load_llm_run
 from .loader import EpochLoader
 from .recipes import STAGE_DEFAULTS, vision_recipe
 from .resume import STATE_FILE
@@ -50,7 +51,7 @@ def build_model(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[t
         if not args.tokenizer:
             raise ValueError("llm-pretrain needs --tokenizer DIR (make one with `minimind-v train tokenizer`)")
         tok = load_tokenizer(args.tokenizer)
-        vocab = 64 * math.ceil(len(tok) / 64)  # a multiple of 64 keeps the head's matmul aligned
+        vocab = padded_vocab(len(tok))
         return LMOnly(llm_preset(args.preset, vocab_size=vocab)), tok
     if args.from_run:  # continue from a VLM run (e.g. sft after pretrain)
         model, tok = load_run(args.from_run)
@@ -68,7 +69,7 @@ def build_model(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[t
     cfg = VLMConfig(llm=llm_cfg, vision=recipe.vision_config(str(Path(args.vision_path).resolve()), args.merge),
                     projector=args.projector or recipe.projector, image_token_id=image_id)
     model = MiniMindVLM(cfg)
-    load_llm_into(model.llm, weights, args.from_llm)
+    load_llm_weights(model.llm, weights, args.from_llm)
     if model.tokens_per_image != recipe.tokens(args.merge):
         say(f"note: the encoder at {args.vision_path} gives {model.tokens_per_image} tokens per image; the "
             f"{args.vision} recipe expects {recipe.tokens(args.merge)} (a different model size?)")
@@ -143,7 +144,7 @@ def run_stage(args: argparse.Namespace, say: Callable[[str], None] = print) -> d
         extra = {"stage": args.stage, "source": str(args.from_run or args.from_llm or args.tokenizer or "")}
 
         def export(m: torch.nn.Module) -> None:
-            (save_run if vlm else save_llm_run)(m, tok, out, extra=extra)
+            save_run(m, tok, out, extra=extra) if vlm else save_llm_run(m.llm, tok, out, extra=extra)
 
         t0 = time.time()
         rows = train(model, loader, cfg, device=device, metrics_path=out / "metrics.jsonl", stage=args.stage,

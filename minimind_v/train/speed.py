@@ -31,6 +31,7 @@ from ..data.packing import PackCollate, PadCollate
 from ..data.robust import RowDataset
 from ..data.synthetic import WORDS, synthetic_rows, write_parquet
 from ..data.tokenizer import train_tokenizer
+from ..encoder_files import write_random_encoder
 from ..model.vlm import MiniMindVLM
 from .optim import make_optimizer
 from .recipes import vision_recipe
@@ -40,21 +41,9 @@ from .trainer import LossModule, TrainConfig
 
 def random_encoder(recipe: str, out: Path) -> Path:
     """A randomly initialised encoder with the real architecture of a recipe, saved like a downloaded one."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
-
-    from ..model.vision import _image_processor_classes
-
-    clip_proc, siglip_proc = _image_processor_classes()
-    common = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
-    if recipe == "clip-b16":
-        model = CLIPVisionModel(CLIPVisionConfig(**common, image_size=224, patch_size=16, hidden_act="quick_gelu"))
-        proc = clip_proc(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
-    else:
-        model = SiglipVisionModel(SiglipVisionConfig(**common, image_size=256, patch_size=32))
-        proc = siglip_proc(size={"height": 256, "width": 256})
-    model.save_pretrained(out)
-    proc.save_pretrained(out)
-    return out
+    clip = recipe == "clip-b16"
+    return write_random_encoder("clip" if clip else "siglip", out, image_size=224 if clip else 256,
+                                patch_size=16 if clip else 32, width=768, layers=12, heads=12, ffn=3072)
 
 
 class Setting:

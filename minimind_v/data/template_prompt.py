@@ -15,14 +15,6 @@ from typing import Any
 IMAGE_MARKER = "<image>"
 
 
-def has_own_template(tok: Any) -> bool:
-    """True when the tokenizer's chat template is not this package's ChatML (e.g. an imported official one)."""
-    from ..data.tokenizer import CHAT_TEMPLATE
-
-    template = getattr(tok, "chat_template", None)
-    return bool(template) and template != CHAT_TEMPLATE
-
-
 def render_prompt(tok: Any, messages: list[dict], *, tokens_per_image: int, image_token: str,
                   system: str | None = None, **template_kwargs: Any) -> str:
     """The prompt text: `<image>` markers expanded, the template applied, the assistant's turn opened."""

@@ -1,10 +1,12 @@
-"""The whole path on the embedded default: data -> tokenizer -> vision -> pretrain -> SFT -> save -> evaluate.
+"""`minimind-v quickstart`: the whole path on the embedded default, a recipe over every layer of the package:
+data -> tokenizer -> vision -> pretrain -> SFT -> save -> evaluate.
 
     minimind-v quickstart                 # the default recipe, about 15 minutes on 2 CPU cores
     minimind-v quickstart --preset smoke  # the same path in under a minute (what the tests run)
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import random
@@ -16,19 +18,22 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import VisionConfig, VLMConfig, llm_preset
-from ..data.chatmix import make_sample
-from ..data.collate import SampleEncoder
-from ..data.packing import PackCollate
-from ..data.shapes_dataset import ShapesWorldDataset
-from ..data.tokenizer import train_tokenizer
-from ..device import pick_device
-from ..model.vlm import MiniMindVLM
-from .checkpoint import save_run
-from .plots import plot_metrics
-from .stages import apply_freeze
-from .trainer import TrainConfig, train
-from .vision_pretrain import pretrain_vision, probe_vision
+from .config import VisionConfig, VLMConfig, llm_preset, padded_vocab
+from .data.chatmix import make_sample
+from .data.collate import SampleEncoder
+from .data.packing import PackCollate
+from .data.shapes_dataset import ShapesWorldDataset
+from .data.tokenizer import train_tokenizer
+from .device import pick_device
+from .model.checkpoint import save_run
+from .model.vlm import MiniMindVLM
+from .eval.grid import draw_grid, pick_examples
+from .eval.shapes import evaluate_shapes, markdown_table
+from .infer.api import VLMChat
+from .train.plots import plot_metrics
+from .train.stages import apply_freeze
+from .train.trainer import TrainConfig, train
+from .train.vision_pretrain import pretrain_vision, probe_vision
 
 
 @dataclass
@@ -95,7 +100,7 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
 
     say(f"[1/6] tokenizer: byte-level BPE on {qs.tokenizer_samples} rendered conversations")
     tok = train_tokenizer(corpus(qs.tokenizer_samples), vocab_size=qs.vocab_size)
-    vocab = 64 * ((len(tok) + 63) // 64)  # a multiple of 64 keeps the head's matmul aligned
+    vocab = padded_vocab(len(tok))
     cfg = VLMConfig(llm=llm_preset(qs.llm_preset, vocab_size=vocab), vision=dataclasses.replace(qs.vision),
                     image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"))
     model = MiniMindVLM(cfg)
@@ -131,10 +136,6 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
 def _evaluate(model: MiniMindVLM, tok: Any, dev: torch.device, qs: QuickstartConfig, run: Path,
               say: Any) -> dict[str, Any]:
     """Held-out scenes and digits: a table per kind, eval.json / eval.md, a grid of examples, a few answers."""
-    from ..eval.grid import draw_grid, pick_examples
-    from ..eval.shapes import evaluate_shapes, markdown_table
-    from ..infer.api import VLMChat
-
     say(f"[6/6] evaluating on held-out seeds ({qs.eval_per_kind} per kind) and {qs.eval_digits} held-out digits")
     ev = evaluate_shapes(VLMChat(model, tok, dev), n_per_kind=qs.eval_per_kind, image_size=qs.vision.image_size,
                          n_digits=qs.eval_digits)
@@ -152,3 +153,28 @@ def _evaluate(model: MiniMindVLM, tok: Any, dev: torch.device, qs: QuickstartCon
             say(f"  [{r['kind']}] {r['question'].replace(chr(10), ' ')} -> {r['answer']!r} "
                 f"({'ok' if r['score'] >= 0.5 else 'wrong'}; expected {r['key']!r})")
     return {"summary": ev["summary"], "eval_seconds": ev["seconds"]}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quickstart", help="train a VLM on the embedded shapes world, evaluate it, show answers")
+    p.add_argument("--out", default="runs/quickstart", help="run directory to write (default: runs/quickstart)")
+    p.add_argument("--preset", default="default", choices=sorted(QUICKSTART_PRESETS),
+                   help="default: the full recipe (~15 min on 2 CPU cores); smoke: the same path in seconds")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    p.add_argument("--sft-steps", type=int, default=None, help="override the SFT step count")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers rendering the data")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    qs = dataclasses.replace(QUICKSTART_PRESETS[args.preset])
+    if args.dtype:
+        qs.dtype = args.dtype
+    if args.sft_steps:
+        qs.sft = dataclasses.replace(qs.sft, steps=args.sft_steps)
+    if args.workers is not None:
+        qs.workers = args.workers
+    run_quickstart(args.out, qs, device=args.device, evaluate=not args.no_eval)
+    return 0

@@ -1,0 +1,114 @@
+"""A model and its run directory: the model's tensors handed to `runs.py`, and a model rebuilt from a run.
+
+The file layout itself (names, atomic writes, the encoder reference) is `minimind_v/runs.py`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from .. import runs
+from ..config import VisionConfig
+from ..data.tokenizer import load_tokenizer
+from .half import HALF_DTYPES, STORAGE_DTYPES, empty_model, store_encoder_weights, store_weights
+from .llm import MiniMindLM
+from .stream_load import read_header, stream_tensors
+from .vision import VisionEncoder
+from .vlm import MiniMindVLM
+
+
+def weights_state_dict(model: MiniMindVLM) -> dict[str, torch.Tensor]:
+    """LLM + projector, contiguous, with the tied head dropped (it is the embedding)."""
+    sd = {f"llm.{k}": v for k, v in model.llm.state_dict().items()}
+    sd.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
+    if model.cfg.llm.tie_embeddings:
+        sd.pop("llm.lm_head.weight", None)
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def save_run(model: MiniMindVLM, tokenizer: Any, run_dir: str | Path, extra: dict[str, Any] | None = None, *,
+             encoder_in_run: bool = False) -> Path:
+    """Write `model` as a VLM run (see runs.write_vlm_run for where its encoder goes)."""
+    return runs.write_vlm_run(run_dir, model.cfg, weights_state_dict(model), tokenizer,
+                              save_encoder=model.vision.save_pretrained, encoder_in_run=encoder_in_run, extra=extra)
+
+
+def llm_state_dict(llm: MiniMindLM) -> dict[str, torch.Tensor]:
+    sd = {f"llm.{k}": v.detach().contiguous().cpu() for k, v in llm.state_dict().items()}
+    if llm.cfg.tie_embeddings:
+        sd.pop("llm.lm_head.weight", None)
+    return sd
+
+
+def save_llm_run(llm: MiniMindLM, tokenizer: Any, run_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write a language model alone as an LLM run."""
+    return runs.write_llm_run(run_dir, llm.cfg, llm_state_dict(llm), tokenizer, extra=extra)
+
+
+def load_llm_weights(llm: MiniMindLM, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Put `llm.*`-stripped weights into `llm`, strictly but for the tied head."""
+    missing, unexpected = llm.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and llm.cfg.tie_embeddings)]
+    if missing or unexpected:
+        raise ValueError(f"the LLM weights of {source} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if llm.cfg.tie_embeddings:
+        llm.lm_head.weight = llm.embed_tokens.weight
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "fp32",
+             encoder_weights: str | None = None) -> tuple[MiniMindVLM, Any]:
+    """Rebuild the model and tokenizer from a run directory, in eval mode.
+
+    `weights` "bf16"/"fp16" stores the weights in half precision for inference (half the memory, faster
+    decoding; see model/half.py); `encoder_weights` (default: the same) may also be "int8" for the vision
+    encoder. The LLM (and a pretrained encoder) is then built on the meta device and filled one tensor at a
+    time, so no float32 copy of it is ever allocated.
+    """
+    run = Path(run_dir)
+    cfg, extra = runs.read_config(run)
+    runs.check_vision_hash(cfg, extra)
+    encoder_weights = encoder_weights or weights
+    if weights not in ("fp32", *HALF_DTYPES) or encoder_weights not in STORAGE_DTYPES:
+        raise ValueError(f"weights must be fp32, bf16 or fp16 (encoder weights also int8), not "
+                         f"{weights!r} / {encoder_weights!r}")
+    if weights == encoder_weights == "fp32":
+        model = MiniMindVLM(cfg)
+        state = load_file(str(run / runs.WEIGHTS_FILE))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    else:
+        vision = stored_vision(cfg.vision, STORAGE_DTYPES[encoder_weights])
+        with empty_model():
+            model = MiniMindVLM(cfg, vision=vision)
+        if weights != "fp32":
+            store_weights(model.llm, HALF_DTYPES[weights])
+        want = model.state_dict()
+        file = run / runs.WEIGHTS_FILE
+        state = dict(stream_tensors(file, lambda k: want[k].dtype if k in want else None))
+        unexpected = [k for k in read_header(file)[0] if k not in want]
+        model.load_state_dict(state, strict=False, assign=True)
+        missing = [k for k in want if k not in state]
+    tied = cfg.llm.tie_embeddings
+    missing = [k for k in missing if not k.startswith("vision.") and not (tied and k == "llm.lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{run}/model.safetensors does not fit its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    if cfg.llm.tie_embeddings:
+        model.llm.lm_head.weight = model.llm.embed_tokens.weight
+    return model.to(device).eval(), load_tokenizer(run)
+
+
+def stored_vision(cfg: VisionConfig, dtype: torch.dtype) -> VisionEncoder:
+    """The encoder with its weights stored in `dtype`: a pretrained CLIP/SigLIP through the light tower (no
+    transformers import, weights converted as they are read), anything else built as usual, then converted."""
+    if cfg.kind in ("clip", "siglip") and cfg.path:
+        from ..model.vit_light import load_light_vit
+
+        light = load_light_vit(cfg.path, weight_dtype=dtype)
+        if light is not None:
+            return VisionEncoder(cfg, tower=light)
+    vision = VisionEncoder(cfg)
+    store_encoder_weights(vision, dtype)
+    return vision
