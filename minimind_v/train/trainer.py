@@ -90,18 +90,167 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _stream(batches: Any, start: int, global_batch: int) -> Iterator[dict[str, Any]]:
-    """Batches from global sample `start` on: an EpochLoader seeks; any other iterable is replayed and cycled."""
-    if hasattr(batches, "batches"):
-        yield from batches.batches(start)
-        return
-    skip = start // global_batch
-    while True:
-        for b in batches:
-            if skip:
-                skip -= 1
-                continue
-            yield b
+class Feed:
+    """The batches from global sample `start` on, each with at least one label, the skipped rows tallied.
+
+    An EpochLoader seeks to `start`; any other iterable is replayed and cycled. `position` counts samples
+    taken (all processes), which is what a checkpoint records.
+    """
+
+    def __init__(self, batches: Any, start: int, global_batch: int, tally: SkipTally):
+        self.position, self.global_batch, self.tally = start, global_batch, tally
+        self.stream = self._stream(batches, start)
+
+    def _stream(self, batches: Any, start: int) -> Iterator[dict[str, Any]]:
+        if hasattr(batches, "batches"):
+            yield from batches.batches(start)
+            return
+        skip = start // self.global_batch
+        while True:
+            for b in batches:
+                if skip:
+                    skip -= 1
+                    continue
+                yield b
+
+    def next(self) -> dict[str, Any]:
+        while True:  # a batch whose rows were all skipped is counted and replaced
+            b = next(self.stream)
+            self.position += self.global_batch
+            self.tally.add(b)
+            if "labels" in b and labelled_tokens([b]):
+                return b
+
+
+def labelled_tokens(batches: list[dict[str, Any]]) -> int:
+    """Tokens with a next-token label, counted on the host (no device synchronisation)."""
+    return sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+
+
+@dataclass
+class Start:
+    """Where a run starts: optimizer step, samples already seen (all processes), seconds already spent."""
+
+    step: int = 0
+    samples: int = 0
+    elapsed_s: float = 0.0
+
+
+def resume_step(state_path: Path | None, model: nn.Module, opt: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler | None, cfg: TrainConfig, stage: str, dist: Dist,
+                tally: SkipTally) -> Start:
+    """Load `resume.safetensors` into model, optimizer, scaler, RNG and tally; where to continue from."""
+    if state_path is None:
+        raise ValueError("resume needs the run directory that holds resume.safetensors")
+    meta = load_state(state_path, model, opt, scaler)
+    if meta["stage"] != stage:
+        raise ValueError(f"{state_path} belongs to stage {meta['stage']!r}, not {stage!r}")
+    global_batch = cfg.batch_size * dist.world
+    # The data position is kept in samples, so a different number of processes resumes at the same place.
+    start = Start(meta["step"], meta["samples"] // global_batch * global_batch, meta.get("elapsed_s", 0.0))
+    if meta["world"] != dist.world:  # another process count: the same share of the data, so the same lr
+        start.step = start.samples // (global_batch * cfg.accum)
+        if dist.main:
+            print(f"resuming {meta['world']}-process step {meta['step']} as step {start.step} on "
+                  f"{dist.world} processes", flush=True)
+    if dist.main:  # the tally of every process was combined into the checkpoint: restore it once
+        tally.merge(meta["skipped"])
+    set_rng_state(meta["rng"][min(dist.rank, len(meta["rng"]) - 1)])
+    return start
+
+
+class CtrlCGuard:
+    """Turns the first Ctrl-C into a request to stop after the current step (and save); a second one quits.
+
+    Only installed where it can be: in the main thread, and when there is a run directory to save into.
+    """
+
+    def __init__(self, enabled: bool, say: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.say, self.pressed, self.old = say, False, None
+
+    def __enter__(self) -> "CtrlCGuard":
+        if self.enabled:
+            self.old = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.old)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt  # a second Ctrl-C: give up on saving
+        self.pressed = True
+        if self.say:
+            print("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)", flush=True)
+
+
+@dataclass
+class Stepper:
+    """One optimizer step over an accumulation window of micro-batches (the nanoGPT-like heart)."""
+
+    model: nn.Module
+    step_fn: nn.Module  # LossModule, DDP-wrapped when distributed
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    cfg: TrainConfig
+    dist: Dist
+    device: torch.device
+
+    def __call__(self, micro: list[dict[str, Any]], global_tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Forward + backward of each micro-batch, clip, step; returns (loss sum, aux loss, grad norm)."""
+        cfg, dist = self.cfg, self.dist
+        loss_sum = aux_sum = torch.zeros((), device=self.device)
+        for k, b in enumerate(micro):
+            sync = k == len(micro) - 1 or not dist.enabled  # DDP reduces gradients on the last micro-batch only
+            with (contextlib.nullcontext() if sync else self.step_fn.no_sync()), autocast(self.device, cfg.dtype):
+                ls, _, aux = self.step_fn(b)
+                total = ls * (dist.world / global_tokens.float()) + aux / cfg.accum
+            (self.scaler.scale(total) if self.scaler else total).backward()
+            loss_sum = loss_sum + ls.detach().float()
+            aux_sum = aux_sum + aux.detach().float() / cfg.accum
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss_sum, aux_sum, gnorm
+
+
+def loss_step_fn(model: nn.Module, device: torch.device, dist: Dist) -> nn.Module:
+    """The loss module, wrapped in DDP when several processes train."""
+    step_fn: nn.Module = LossModule(model)
+    if dist.enabled:
+        moe = model.llm.cfg.n_experts > 0  # experts a batch did not route to get no gradient
+        step_fn = nn.parallel.DistributedDataParallel(
+            step_fn, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=moe)
+    return step_fn
+
+
+def combined_tally(tally: SkipTally, dist: Dist) -> SkipTally:
+    """Every process's skipped rows, added up."""
+    total = SkipTally()
+    for st in dist.gather(tally.state()):
+        total.merge(st)
+    return total
+
+
+def save_checkpoint(state_path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None, meta: dict[str, Any], dist: Dist, tally: SkipTally,
+                    export: Callable[[nn.Module], None] | None) -> None:
+    """The resumable state (every process's RNG and skipped rows gathered), then the loadable run."""
+    rngs = dist.gather(rng_state())
+    skipped = combined_tally(tally, dist).state()
+    if dist.main:
+        save_state(state_path, model, opt, {**meta, "world": dist.world, "skipped": skipped, "rng": rngs}, scaler)
+        if export:
+            export(model)
+    dist.barrier()
 
 
 def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: TrainConfig, *,
@@ -116,139 +265,85 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
     (`export(model)` then writes the loadable run). resume: continue from that file exactly.
     prepare: a hook on each batch once on the device (the feature cache fills in encoder features there).
     """
-    dist = dist or Dist()
+    dist, tally = dist or Dist(), tally or SkipTally()
     model.to(device).train()
     if cfg.compile:
         for layer in model.llm.layers:
             layer.compile(dynamic=True)
     opt = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type) if cfg.dtype == "fp16" else None
-    step_fn: nn.Module = LossModule(model)
-    if dist.enabled:
-        moe = model.llm.cfg.n_experts > 0  # experts a batch did not route to get no gradient
-        step_fn = nn.parallel.DistributedDataParallel(
-            step_fn, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=moe)
-    tally = tally or SkipTally()
     state_path = Path(run_dir) / STATE_FILE if run_dir else None
-    start_step, position, t_prev = 0, 0, 0.0
-    if resume:
-        if state_path is None:
-            raise ValueError("resume needs the run directory that holds resume.safetensors")
-        meta = load_state(state_path, model, opt, scaler)
-        if meta["stage"] != stage:
-            raise ValueError(f"{state_path} belongs to stage {meta['stage']!r}, not {stage!r}")
-        start_step, t_prev = meta["step"], meta.get("elapsed_s", 0.0)
-        # The data position is kept in samples, so a different number of processes resumes at the same place.
-        position = meta["samples"] // (cfg.batch_size * dist.world) * (cfg.batch_size * dist.world)
-        if meta["world"] != dist.world:  # another process count: the same share of the data, so the same lr
-            start_step = position // (cfg.batch_size * dist.world * cfg.accum)
-            if dist.main:
-                print(f"resuming {meta['world']}-process step {meta['step']} as step {start_step} on "
-                      f"{dist.world} processes", flush=True)
-        if dist.main:  # the tally of every process was combined into the checkpoint: restore it once
-            tally.merge(meta["skipped"])
-        set_rng_state(meta["rng"][min(dist.rank, len(meta["rng"]) - 1)])
-    global_batch = cfg.batch_size * dist.world
-    data = _stream(batches, position, global_batch)
+    start = resume_step(state_path, model, opt, scaler, cfg, stage, dist, tally) if resume else Start()
+    feed = Feed(batches, start.samples, cfg.batch_size * dist.world, tally)
+    step_once = Stepper(model, loss_step_fn(model, device, dist), opt, scaler, cfg, dist, device)
     log = MetricsLog(metrics_path if dist.main else None, to=log_to if dist.main else "",
                      log_dir=run_dir, run_name=stage, config=asdict(cfg))
-    stop = {"now": False}
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if stop["now"]:
-            raise KeyboardInterrupt  # a second Ctrl-C: give up on saving
-        stop["now"] = True
-        if dist.main:
-            print("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)", flush=True)
-
-    catch = state_path is not None and threading.current_thread() is threading.main_thread()
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if catch else None
-
-    def combined_tally() -> SkipTally:
-        total = SkipTally()
-        for st in dist.gather(tally.state()):
-            total.merge(st)
-        return total
-
-    def checkpoint(step: int) -> None:
-        rngs = dist.gather(rng_state())
-        skipped = combined_tally().state()
-        if dist.main:
-            meta = {"stage": stage, "step": step, "samples": position, "world": dist.world,
-                    "skipped": skipped, "rng": rngs, "elapsed_s": t_prev + time.time() - t0}
-            save_state(state_path, model, opt, meta, scaler)
-            if export:
-                export(model)
-        dist.barrier()
-
-    def next_batch() -> dict[str, Any]:
-        nonlocal position
-        while True:  # a batch whose rows were all skipped is counted and replaced
-            b = next(data)
-            position += global_batch
-            tally.add(b)
-            if "labels" in b and bool((b["labels"][:, 1:] != IGNORE).any()):
-                return b
-
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(range(start_step, cfg.steps), desc=desc or stage, dynamic_ncols=True, disable=not dist.main,
-               initial=start_step, total=cfg.steps)
-    t0, seen, tokens, ema, done = time.time(), 0, 0, None, start_step
-    try:
-        for step in bar:
-            host = [next_batch() for _ in range(cfg.accum)]
-            # Counted on the host batches: no device synchronisation.
-            local_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in host)
-            seen += sum(b.get("n_samples", b["input_ids"].shape[0]) for b in host)
-            tokens += sum(int(b["attention_mask"].sum()) for b in host)
-            micro = [to_device(b, device) for b in host]
-            if prepare:
-                micro = [prepare(b) for b in micro]
-            counts = torch.tensor([local_tokens, int(stop["now"])], dtype=torch.long, device=device)
-            dist.all_sum(counts)  # global labelled tokens, and whether any process was interrupted
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg) * g.get("lr_scale", 1.0)
-            loss_sum = aux_sum = torch.zeros((), device=device)
-            for k, b in enumerate(micro):
-                sync = k == len(micro) - 1 or not dist.enabled
-                with (contextlib.nullcontext() if sync else step_fn.no_sync()), autocast(device, cfg.dtype):
-                    ls, _, aux = step_fn(b)
-                    total = ls * (dist.world / counts[0].float()) + aux / cfg.accum
-                (scaler.scale(total) if scaler else total).backward()
-                loss_sum = loss_sum + ls.detach().float()
-                aux_sum = aux_sum + aux.detach().float() / cfg.accum
-            if scaler:
-                scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            (scaler.step(opt), scaler.update()) if scaler else opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss = loss_sum.item() / max(1, local_tokens)  # one synchronisation per step
-            ema = loss if ema is None else 0.9 * ema + 0.1 * loss
-            bar.set_postfix(loss=f"{ema:.3f}")
-            last = step == cfg.steps - 1
-            if step % cfg.log_every == 0 or last:
-                el = time.time() - t0
-                row = {"stage": stage, "step": step, "loss": round(loss, 5), "aux": round(aux_sum.item(), 5),
-                       "lr": opt.param_groups[0]["lr"], "grad_norm": round(float(gnorm), 4),
-                       "samples_per_s": round(seen / el, 2), "tokens_per_s": round(tokens / el, 1),
-                       "elapsed_s": round(el, 1)}
-                rows.append(row)
-                log.log(row)
-            if state_path and (last or bool(counts[1]) or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
-                checkpoint(step + 1)
-            done = step + 1
-            if bool(counts[1]):
-                break
-        if dist.enabled:  # every process skipped its own rows: report them all
-            tally = combined_tally()
-    finally:
-        bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
-        if tally.counts and dist.main:
-            print(tally.summary(), flush=True)
-        log.log({"stage": stage, "event": "end", "steps_done": done, **tally.as_dict()})
-        log.close()
-    if stop["now"]:
+    meter = Meter(stage)
+    bar = tqdm(range(start.step, cfg.steps), desc=desc or stage, dynamic_ncols=True, disable=not dist.main,
+               initial=start.step, total=cfg.steps)
+    done, stop = start.step, False
+    with CtrlCGuard(enabled=state_path is not None, say=dist.main) as ctrl_c:
+        try:
+            for step in bar:
+                host = [feed.next() for _ in range(cfg.accum)]
+                local_tokens = meter.count(host)
+                micro = [to_device(b, device) for b in host]
+                if prepare:
+                    micro = [prepare(b) for b in micro]
+                counts = torch.tensor([local_tokens, int(ctrl_c.pressed)], dtype=torch.long, device=device)
+                dist.all_sum(counts)  # global labelled tokens, and whether any process was interrupted
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, cfg) * g.get("lr_scale", 1.0)
+                loss_sum, aux_sum, gnorm = step_once(micro, counts[0])
+                loss = loss_sum.item() / max(1, local_tokens)  # one synchronisation per step
+                bar.set_postfix(loss=f"{meter.smooth(loss):.3f}")
+                last, stop = step == cfg.steps - 1, bool(counts[1])
+                if step % cfg.log_every == 0 or last:
+                    log.log(meter.row(step, loss, aux_sum.item(), opt.param_groups[0]["lr"], float(gnorm)))
+                if state_path and (last or stop or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
+                    meta = {"stage": stage, "step": step + 1, "samples": feed.position,
+                            "elapsed_s": start.elapsed_s + meter.elapsed()}
+                    save_checkpoint(state_path, model, opt, scaler, meta, dist, tally, export)
+                done = step + 1
+                if stop:
+                    break
+            if dist.enabled:  # every process skipped its own rows: report them all
+                tally = combined_tally(tally, dist)
+        finally:
+            bar.close()
+            if tally.counts and dist.main:
+                print(tally.summary(), flush=True)
+            log.log({"stage": stage, "event": "end", "steps_done": done, **tally.as_dict()})
+            log.close()
+    if ctrl_c.pressed:
         raise KeyboardInterrupt(f"stopped after step {done}; resume with --resume")
-    return rows
+    return meter.rows
+
+
+class Meter:
+    """Throughput and the smoothed loss of a run, and the rows it logs."""
+
+    def __init__(self, stage: str):
+        self.stage, self.t0, self.seen, self.tokens, self.ema = stage, time.time(), 0, 0, None
+        self.rows: list[dict[str, Any]] = []
+
+    def count(self, host: list[dict[str, Any]]) -> int:
+        """Count a step's host batches (no device synchronisation); returns their labelled tokens."""
+        self.seen += sum(b.get("n_samples", b["input_ids"].shape[0]) for b in host)
+        self.tokens += sum(int(b["attention_mask"].sum()) for b in host)
+        return labelled_tokens(host)
+
+    def smooth(self, loss: float) -> float:
+        self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
+        return self.ema
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def row(self, step: int, loss: float, aux: float, lr: float, gnorm: float) -> dict[str, Any]:
+        el = self.elapsed()
+        row = {"stage": self.stage, "step": step, "loss": round(loss, 5), "aux": round(aux, 5), "lr": lr,
+               "grad_norm": round(gnorm, 4), "samples_per_s": round(self.seen / el, 2),
+               "tokens_per_s": round(self.tokens / el, 1), "elapsed_s": round(el, 1)}
+        self.rows.append(row)
+        return row
