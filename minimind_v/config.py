@@ -155,6 +155,11 @@ def build_config(cls: type, d: dict[str, Any]) -> Any:
     return cls(**d)
 
 
+def options_from(cls: type, namespace: Any) -> Any:
+    """An options dataclass from a command line's parsed arguments (the fields it has; the rest default)."""
+    return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)})
+
+
 def llm_preset(name: str, **overrides: Any) -> LLMConfig:
     if name not in LLM_PRESETS:
         raise ValueError(f"unknown LLM preset {name!r}; choose one of: {', '.join(LLM_PRESETS)}")

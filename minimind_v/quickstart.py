@@ -31,7 +31,7 @@ from .eval.grid import draw_grid, pick_examples
 from .eval.shapes import evaluate_shapes, markdown_table
 from .infer.api import VLMChat
 from .train.plots import plot_metrics
-from .train.stages import apply_freeze
+from .train.freeze import apply_freeze
 from .train.trainer import TrainConfig, train
 from .train.vision_pretrain import pretrain_vision, probe_vision
 

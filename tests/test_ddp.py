@@ -16,7 +16,7 @@ from minimind_v.config import LLMConfig
 from minimind_v.data.packing import PadCollate
 from minimind_v.data.robust import SkipCollate, skip
 from minimind_v.train.distributed import close_distributed, init_distributed
-from minimind_v.train.llm_stages import LMOnly
+from minimind_v.train.lm_only import LMOnly
 from minimind_v.train.loader import EpochLoader
 from minimind_v.train.trainer import TrainConfig, train
 

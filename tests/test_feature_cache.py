@@ -18,7 +18,7 @@ from minimind_v.data.synthetic import synthetic_rows, write_jsonl, write_tiny_en
 from minimind_v.model.vlm import MiniMindVLM
 from minimind_v.runs import read_llm
 from minimind_v.train import cli_train
-from minimind_v.train.pipeline import run_stage
+from minimind_v.train.stage import StageOptions, run_stage
 from minimind_v.train.recipes import vision_recipe
 from minimind_v.train.trainer import LossModule
 
@@ -92,11 +92,15 @@ def test_stage_with_feature_cache_reuses_features_across_epochs_and_stages(world
     cli_train.add_parser(p.add_subparsers(dest="command"))
     common = ["--data", str(data), "--images", str(root / "im"), "--feature-cache", str(tmp_path / "fc"),
               "--batch-size", "8", "--workers", "0", "--log-every", "100", "--threads", "1", "--device", "cpu"]
-    first = run_stage(p.parse_args(["train", "pretrain", "--from-llm", str(llm), "--vision-path", str(enc),
-                                    "--out", str(tmp_path / "pre"), "--steps", "6", *common]), say=lambda s: None)
+
+    def options(argv: list[str]) -> StageOptions:
+        return cli_train.stage_options(p.parse_args(argv))
+
+    first = run_stage(options(["train", "pretrain", "--from-llm", str(llm), "--vision-path", str(enc),
+                               "--out", str(tmp_path / "pre"), "--steps", "6", *common]), say=lambda s: None)
     fc = first["feature_cache"]  # 2 epochs of 24 rows, 23 distinct images (a shared image may miss twice if
     assert fc["misses"] + fc["hits"] == 48 and fc["misses"] in (23, 24)  # both rows land in one batch)
     assert len(list((tmp_path / "fc").rglob("*.npy"))) == 23
-    second = run_stage(p.parse_args(["train", "sft", "--from", str(tmp_path / "pre"), "--out",
-                                     str(tmp_path / "sft"), "--steps", "3", *common]), say=lambda s: None)
+    second = run_stage(options(["train", "sft", "--from", str(tmp_path / "pre"), "--out",
+                                str(tmp_path / "sft"), "--steps", "3", *common]), say=lambda s: None)
     assert second["feature_cache"] == {"misses": 0, "hits": 24}  # the next stage encodes nothing

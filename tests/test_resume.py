@@ -19,17 +19,17 @@ from safetensors.torch import load_file
 from minimind_v.data.synthetic import write_text_jsonl
 from minimind_v.data.tokenizer import train_tokenizer
 from minimind_v.train import cli_train
-from minimind_v.train.pipeline import run_stage
 from minimind_v.train.resume import STATE_FILE, rng_state, set_rng_state
+from minimind_v.train.stage import StageOptions, run_stage
 
 STEPS = 8
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
+def _parse(argv: list[str]) -> StageOptions:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command")
     cli_train.add_parser(sub)
-    return p.parse_args(argv)
+    return cli_train.stage_options(p.parse_args(argv))
 
 
 def _argv(data: Path, tok: Path, out: Path, *extra: str) -> list[str]:

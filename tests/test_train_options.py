@@ -8,11 +8,11 @@ from minimind_v.config import LLMConfig, VisionConfig, VLMConfig
 from minimind_v.data.packing import PadCollate
 from minimind_v.data.robust import SkipCollate
 from minimind_v.model.vlm import MiniMindVLM
-from minimind_v.train.llm_stages import LMOnly
+from minimind_v.train.lm_only import LMOnly
 from minimind_v.train.loader import EpochLoader
 from minimind_v.train.metrics_log import MetricsLog
 from minimind_v.train.optim import lr_at, make_optimizer
-from minimind_v.train.stages import apply_freeze
+from minimind_v.train.freeze import apply_freeze
 from minimind_v.train.trainer import TrainConfig, train
 
 TINY = LLMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=64, max_seq_len=64)

@@ -14,7 +14,7 @@ from minimind_v.cli import main
 from minimind_v.data.synthetic import (synthetic_rows, write_chat_jsonl, write_jsonl, write_text_jsonl,
                                        write_tiny_encoder)
 from minimind_v.model.checkpoint import load_run
-from minimind_v.train.llm_stages import load_llm_run
+from minimind_v.train.lm_only import load_llm_run
 
 FAST = ["--workers", "0", "--log-every", "1", "--threads", "1", "--device", "cpu"]
 

@@ -12,11 +12,11 @@ understated) over real (non-padding) tokens: compute spent on padding is waste a
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import random
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,7 +30,7 @@ from ..data.synthetic import random_image
 from ..infer.generate import compile_decoding
 from ..model.vlm import MiniMindVLM
 from ..train.loader import EpochLoader
-from ..train.stages import apply_freeze
+from ..train.freeze import apply_freeze
 from ..device import autocast, pick_device
 from ..train.trainer import (
     TrainConfig,
@@ -46,43 +46,38 @@ WORDS = ("the a red blue green small large round square cat dog car tree house s
          "flower picture shows there is an with on in of and near under over bright dark shape left right").split()
 
 
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="shapes-tiny", help="LLM preset (see config.LLM_PRESETS)")
-    p.add_argument("--model", default=None, help="bench an existing run directory instead of a fresh preset")
-    p.add_argument("--vision", default="scratch",
-                   help="'scratch' (the embedded encoder) or a local CLIP/SigLIP folder (frozen, as in the reference)")
-    p.add_argument("--projector", default="mlp", choices=["mlp", "linear"])
-    p.add_argument("--data", default=None, help="parquet / JSON-lines set to read (default: synthetic rows)")
-    p.add_argument("--words", default="20,120", help="synthetic answers: min,max words")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--max-len", type=int, default=256, help="longer samples are cut here, as the reference does")
-    p.add_argument("--group-by-length", action="store_true",
-                   help="the trainer's length-grouped order: batches of similar lengths, little padding")
-    p.add_argument("--pack", action="store_true", help="pack each batch's samples into rows of --max-len")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile each decoder block for training (as the trainer can) and the decoding step")
-    p.add_argument("--fused-adamw", action="store_true",
-                   help="the trainer's AdamW groups with fused=True (one kernel per tensor; the trainer already fuses on CUDA and CPU)")
-    p.add_argument("--freeze-llm", type=int, default=0, choices=[0, 1, 2])
-    p.add_argument("--dtype", action="append", choices=["fp32", "bf16", "fp16"],
-                   help="repeatable; default fp32, plus bf16 when the device runs bf16 matmuls at full speed")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=3, help="training steps per repeat")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--decode-tokens", type=int, default=64)
-    p.add_argument("--decode-batch", type=int, default=8, help="the batched decoding figure's batch size")
-    p.add_argument("--weights", action="append", choices=["fp32", "bf16", "fp16"],
-                   help="decode: weight storage, repeatable (default fp32); bf16/fp16 keep activations fp32")
-    p.add_argument("--encoder-weights", choices=["fp32", "bf16", "fp16", "int8"], default=None,
-                   help="decode: the vision encoder's weight storage (default: as each --weights)")
-    p.add_argument("--rss", action="store_true",
-                   help="decode: also the peak RSS of a fresh process that loads the model and answers once")
-    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU (else measured)")
-    p.add_argument("--only", default="train,decode", help="comma list of: train, decode")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="also write the JSON here")
+@dataclass
+class BenchOptions:
+    """What `minimind-v bench` measures, on what (the command's flags, one field each)."""
+
+    preset: str = "shapes-tiny"  # LLM preset (config.LLM_PRESETS)
+    model: str | None = None  # bench an existing run directory instead of a fresh preset
+    vision: str = "scratch"  # 'scratch' (the embedded encoder) or a local CLIP/SigLIP folder (frozen)
+    projector: str = "mlp"
+    data: str | None = None  # parquet / JSON-lines set to read (default: synthetic rows)
+    words: str = "20,120"  # synthetic answers: min,max words
+    batch_size: int = 4
+    max_len: int = 256  # longer samples are cut here, as the reference does
+    group_by_length: bool = False
+    pack: bool = False
+    compile: bool = False  # each decoder block for training, and the decoding step
+    fused_adamw: bool = False
+    freeze_llm: int = 0
+    dtype: list[str] | None = None  # default fp32, plus bf16 when the device runs bf16 matmuls at full speed
+    device: str = "cpu"
+    threads: int | None = None
+    warmup: int = 1
+    steps: int = 3  # training steps per repeat
+    repeats: int = 3
+    decode_tokens: int = 64
+    decode_batch: int = 8
+    weights: list[str] | None = None  # decode: weight storage (default fp32)
+    encoder_weights: str | None = None  # decode: the encoder's weight storage (default: as each weights)
+    rss: bool = False  # decode: also the peak RSS of a fresh process that loads the model and answers once
+    peak_tflops: float | None = None  # the device's peak, for MFU (else measured)
+    only: str = "train,decode"
+    seed: int = 0
+    out: str | None = None  # also write the JSON here
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -233,91 +228,112 @@ def _record(rows: Any, i: int) -> dict[str, Any]:
     return rows.record(i) if hasattr(rows, "record") else rows[i]
 
 
-def bench_from_args(a: argparse.Namespace) -> dict[str, Any]:
-    device = pick_device(a.device)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    sections = {s.strip() for s in a.only.split(",") if s.strip()}
+def run_benchmarks(o: BenchOptions) -> dict[str, Any]:
+    """Every figure `minimind-v bench` reports, as one JSON-able dict."""
+    device = pick_device(o.device)
+    if o.threads:
+        torch.set_num_threads(o.threads)
+    sections = {s.strip() for s in o.only.split(",") if s.strip()}
     if not sections or sections - {"train", "decode"}:
-        raise ValueError(f"--only takes a comma list of train, decode; got {a.only!r}")
+        raise ValueError(f"--only takes a comma list of train, decode; got {o.only!r}")
     mem = PeakMemory(device)
-    if a.model:
+    if o.model:
         from ..model.checkpoint import load_run
 
-        model, tok = load_run(a.model, "cpu")
+        model, tok = load_run(o.model, "cpu")
     else:
-        model, tok = build_model(a.preset, a.vision, a.projector, a.max_len, a.seed), None
+        model, tok = build_model(o.preset, o.vision, o.projector, o.max_len, o.seed), None
     loaded = mem.read()
-    peaks = {dt: (a.peak_tflops or matmul_peak_tflops(device, dt)) for dt in (a.dtype or ["fp32", "bf16"])
+    peaks = {dt: (o.peak_tflops or matmul_peak_tflops(device, dt)) for dt in (o.dtype or ["fp32", "bf16"])
              if dt != "fp16" or device.type == "cuda"}
-    dtypes = a.dtype or ["fp32"] + (["bf16"] if peaks.get("bf16", 0) >= 0.5 * peaks["fp32"] else [])
+    dtypes = o.dtype or ["fp32"] + (["bf16"] if peaks.get("bf16", 0) >= 0.5 * peaks["fp32"] else [])
+    res = _header(o, device, model, peaks, dtypes, loaded)
+    if "train" in sections:
+        tok = _bench_training(o, model, tok, device, dtypes, peaks, mem, res)
+    if "decode" in sections:
+        _bench_decoding(o, model, tok, device, dtypes, mem, res)
+    return res
+
+
+def _header(o: BenchOptions, device: torch.device, model: MiniMindVLM, peaks: dict[str, float],
+            dtypes: list[str], loaded: float) -> dict[str, Any]:
+    """The environment, the options, the model's size and the peaks MFU is measured against."""
     res: dict[str, Any] = {
         "env": {"torch": torch.__version__, "device": device_name(device), "threads": torch.get_num_threads(),
                 "python": platform.python_version()},
-        "config": {k: v for k, v in vars(a).items() if k not in ("func", "command")},
+        "config": asdict(o),
         "params_M": {"llm": round(model.llm.num_parameters() / 1e6, 3),
                      "projector": round(sum(p.numel() for p in model.projector.parameters()) / 1e6, 3),
                      "vision": round(sum(p.numel() for p in model.vision.parameters()) / 1e6, 3)},
         "peak_tflops": {k: round(v, 4) for k, v in peaks.items()},
-        "peak_source": "--peak-tflops" if a.peak_tflops else "measured matmul",
+        "peak_source": "--peak-tflops" if o.peak_tflops else "measured matmul",
         "dtypes": dtypes,
         "memory_mb": {"after_load": loaded},
     }
-    if "bf16" not in dtypes and "bf16" in peaks and not a.dtype:
+    if "bf16" not in dtypes and "bf16" in peaks and not o.dtype:
         res["bf16_skipped"] = (f"bf16 matmuls run at {peaks['bf16'] * 1e3:.1f} GFLOPS here against "
                                f"{peaks['fp32'] * 1e3:.1f} in fp32: no native bf16 on this device")
-    if "train" in sections:
-        if a.data:
-            from ..data.formats import SampleReader
-
-            rows: Any = SampleReader(a.data)
-        else:
-            lo, hi = (int(x) for x in a.words.split(","))
-            rows = synthetic_samples(a.batch_size * max(4, a.steps), (lo, hi), model.vision.image_size, a.seed)
-        tok = tok or _tokenizer_for(rows, 400, model.cfg.llm.vocab_size)
-        if len(tok) > model.cfg.llm.vocab_size:
-            raise ValueError(f"tokenizer has {len(tok)} tokens, more than the model's vocabulary")
-        apply_freeze(model, a.freeze_llm)
-        if a.compile:
-            for layer in model.llm.layers:
-                layer.compile(dynamic=True)
-        enc = CutEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, a.max_len)
-        lengths = None
-        if a.group_by_length:
-            lengths = [min(a.max_len, len(encode_conversation(tok, _record(rows, i)["conversations"],
-                                                              tokens_per_image=model.tokens_per_image,
-                                                              image_token=model.cfg.image_token)[0]))
-                       for i in range(len(rows))]
-        # Without grouping, rows are read in file order: the reference reads the same rows the same way.
-        loader = EpochLoader(EncodedRows(rows, enc), a.batch_size, seed=a.seed, shuffle=a.group_by_length,
-                             lengths=lengths, collate_fn=PackCollate(a.max_len) if a.pack else PadCollate())
-        init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        res["train"] = {}
-        for dt in dtypes:
-            model.load_state_dict(init)  # every dtype starts from the same weights
-            mem.reset()
-            r = bench_train(model, loader.batches(), device=device, dtype=dt, warmup=a.warmup, steps=a.steps,
-                            repeats=a.repeats, peak_tflops=peaks.get(dt), batch_size=a.batch_size,
-                            fused_adamw=a.fused_adamw)
-            r["peak_memory_mb"] = mem.read()
-            res["train"][dt] = r
-    if "decode" in sections:
-        if tok is None:
-            rows = synthetic_samples(64, (20, 120), model.vision.image_size, a.seed)
-            tok = _tokenizer_for(rows, 64, model.cfg.llm.vocab_size)
-        res["decode"] = {}
-        for w in a.weights or ["fp32"]:
-            m, label = with_weights(model, w, a.encoder_weights), weights_label(w, a.encoder_weights)
-            if a.compile:  # the first (warm-up) run of each batch size pays for the compilation
-                compile_decoding(m)
-            for dt in dtypes if label == "fp32" else ["fp32"]:  # low-precision weights compute in fp32
-                mem.reset()
-                r = bench_decode(m, tok, device=device, dtype=dt, new_tokens=a.decode_tokens,
-                                 batch_sizes=sorted({1, a.decode_batch}), repeats=a.repeats,
-                                 image_size=model.vision.image_size)
-                r["peak_memory_mb"] = mem.read()
-                res["decode"][dt if label == "fp32" else f"{label}_weights"] = r
-        if a.rss and device.type == "cpu":
-            res["inference_rss"] = inference_rss_of(model, tok, a.weights or ["fp32"], a.encoder_weights,
-                                                    a.decode_tokens)
     return res
+
+
+def _bench_training(o: BenchOptions, model: MiniMindVLM, tok: Any, device: torch.device, dtypes: list[str],
+                    peaks: dict[str, float], mem: PeakMemory, res: dict[str, Any]) -> Any:
+    """res["train"][dtype]: training timed by phase, from the same weights for each dtype; returns the tokenizer."""
+    if o.data:
+        from ..data.formats import SampleReader
+
+        rows: Any = SampleReader(o.data)
+    else:
+        lo, hi = (int(x) for x in o.words.split(","))
+        rows = synthetic_samples(o.batch_size * max(4, o.steps), (lo, hi), model.vision.image_size, o.seed)
+    tok = tok or _tokenizer_for(rows, 400, model.cfg.llm.vocab_size)
+    if len(tok) > model.cfg.llm.vocab_size:
+        raise ValueError(f"tokenizer has {len(tok)} tokens, more than the model's vocabulary")
+    apply_freeze(model, o.freeze_llm)
+    if o.compile:
+        for layer in model.llm.layers:
+            layer.compile(dynamic=True)
+    enc = CutEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, o.max_len)
+    lengths = None
+    if o.group_by_length:
+        lengths = [min(o.max_len, len(encode_conversation(tok, _record(rows, i)["conversations"],
+                                                          tokens_per_image=model.tokens_per_image,
+                                                          image_token=model.cfg.image_token)[0]))
+                   for i in range(len(rows))]
+    # Without grouping, rows are read in file order: the reference reads the same rows the same way.
+    loader = EpochLoader(EncodedRows(rows, enc), o.batch_size, seed=o.seed, shuffle=o.group_by_length,
+                         lengths=lengths, collate_fn=PackCollate(o.max_len) if o.pack else PadCollate())
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    res["train"] = {}
+    for dt in dtypes:
+        model.load_state_dict(init)  # every dtype starts from the same weights
+        mem.reset()
+        r = bench_train(model, loader.batches(), device=device, dtype=dt, warmup=o.warmup, steps=o.steps,
+                        repeats=o.repeats, peak_tflops=peaks.get(dt), batch_size=o.batch_size,
+                        fused_adamw=o.fused_adamw)
+        r["peak_memory_mb"] = mem.read()
+        res["train"][dt] = r
+    return tok
+
+
+def _bench_decoding(o: BenchOptions, model: MiniMindVLM, tok: Any, device: torch.device, dtypes: list[str],
+                    mem: PeakMemory, res: dict[str, Any]) -> None:
+    """res["decode"]: decoding speed per weight storage and dtype (and res["inference_rss"] with o.rss)."""
+    if tok is None:
+        rows = synthetic_samples(64, (20, 120), model.vision.image_size, o.seed)
+        tok = _tokenizer_for(rows, 64, model.cfg.llm.vocab_size)
+    res["decode"] = {}
+    for w in o.weights or ["fp32"]:
+        m, label = with_weights(model, w, o.encoder_weights), weights_label(w, o.encoder_weights)
+        if o.compile:  # the first (warm-up) run of each batch size pays for the compilation
+            compile_decoding(m)
+        for dt in dtypes if label == "fp32" else ["fp32"]:  # low-precision weights compute in fp32
+            mem.reset()
+            r = bench_decode(m, tok, device=device, dtype=dt, new_tokens=o.decode_tokens,
+                             batch_sizes=sorted({1, o.decode_batch}), repeats=o.repeats,
+                             image_size=model.vision.image_size)
+            r["peak_memory_mb"] = mem.read()
+            res["decode"][dt if label == "fp32" else f"{label}_weights"] = r
+    if o.rss and device.type == "cpu":
+        res["inference_rss"] = inference_rss_of(model, tok, o.weights or ["fp32"], o.encoder_weights,
+                                                o.decode_tokens)

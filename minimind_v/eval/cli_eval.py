@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..config import options_from
 from ..infer.cli_infer import add_loading_arguments
 
 
@@ -35,11 +36,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_loading_arguments(p)
     p.set_defaults(func=run)
 
-    from .bench import add_bench_arguments
-
     b = sub.add_parser("bench", help="measure training and decoding speed, FLOPs utilisation and memory")
-    add_bench_arguments(b)
+    _add_bench_arguments(b)
     b.set_defaults(func=run_bench)
+
+
+def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="shapes-tiny", help="LLM preset (see config.LLM_PRESETS)")
+    p.add_argument("--model", default=None, help="bench an existing run directory instead of a fresh preset")
+    p.add_argument("--vision", default="scratch",
+                   help="'scratch' (the embedded encoder) or a local CLIP/SigLIP folder (frozen, as in the reference)")
+    p.add_argument("--projector", default="mlp", choices=["mlp", "linear"])
+    p.add_argument("--data", default=None, help="parquet / JSON-lines set to read (default: synthetic rows)")
+    p.add_argument("--words", default="20,120", help="synthetic answers: min,max words")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-len", type=int, default=256, help="longer samples are cut here, as the reference does")
+    p.add_argument("--group-by-length", action="store_true",
+                   help="the trainer's length-grouped order: batches of similar lengths, little padding")
+    p.add_argument("--pack", action="store_true", help="pack each batch's samples into rows of --max-len")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each decoder block for training (as the trainer can) and the decoding step")
+    p.add_argument("--fused-adamw", action="store_true",
+                   help="the trainer's AdamW groups with fused=True (one kernel per tensor; the trainer already fuses on CUDA and CPU)")
+    p.add_argument("--freeze-llm", type=int, default=0, choices=[0, 1, 2])
+    p.add_argument("--dtype", action="append", choices=["fp32", "bf16", "fp16"],
+                   help="repeatable; default fp32, plus bf16 when the device runs bf16 matmuls at full speed")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3, help="training steps per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--decode-batch", type=int, default=8, help="the batched decoding figure's batch size")
+    p.add_argument("--weights", action="append", choices=["fp32", "bf16", "fp16"],
+                   help="decode: weight storage, repeatable (default fp32); bf16/fp16 keep activations fp32")
+    p.add_argument("--encoder-weights", choices=["fp32", "bf16", "fp16", "int8"], default=None,
+                   help="decode: the vision encoder's weight storage (default: as each --weights)")
+    p.add_argument("--rss", action="store_true",
+                   help="decode: also the peak RSS of a fresh process that loads the model and answers once")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU (else measured)")
+    p.add_argument("--only", default="train,decode", help="comma list of: train, decode")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also write the JSON here")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,9 +122,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_from_args
+    from .bench import BenchOptions, run_benchmarks
 
-    result = bench_from_args(args)
+    result = run_benchmarks(options_from(BenchOptions, args))
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

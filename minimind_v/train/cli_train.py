@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
+
+from ..config import options_from
+
+if TYPE_CHECKING:
+    from .stage import StageOptions
 
 
 
@@ -39,8 +45,6 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         if stage == "llm-pretrain":
             s.add_argument("--tokenizer", default=None, help="tokenizer directory (for a fresh LLM)")
             s.add_argument("--preset", default="minimind2-small", help="LLM size preset for a fresh LLM")
-        else:
-            s.set_defaults(tokenizer=None, preset=None)
         if stage in ("pretrain", "sft"):
             s.add_argument("--from-llm", default=None, help="an LLM (or VLM) run whose language model to start from")
             s.add_argument("--vision", default="siglip2-b32", help="encoder recipe: siglip2-b32 | clip-b16")
@@ -52,9 +56,6 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
             s.add_argument("--feature-cache", default=None,
                            help="folder caching the frozen encoder's features (computed once, reused)")
             s.add_argument("--lr-projector", type=float, default=0.0, help="projector learning rate (0 = --lr)")
-        else:
-            s.set_defaults(from_llm=None, vision=None, vision_path=None, merge=1, projector=None,
-                           freeze_llm=None, feature_cache=None, lr_projector=0.0)
         s.add_argument("--steps", type=int, default=0, help="optimizer steps (0: from --epochs)")
         s.add_argument("--epochs", type=float, default=0, help="epochs (0: the stage's default)")
         s.add_argument("--batch-size", type=int, default=0, help="samples per micro-batch per process")
@@ -82,11 +83,18 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         s.set_defaults(func=run_train)
 
 
+def stage_options(args: argparse.Namespace) -> StageOptions:
+    """The command line's arguments as the stage's options."""
+    from .stage import StageOptions
+
+    return options_from(StageOptions, args)
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from .pipeline import run_stage
+    from .stage import run_stage
 
     try:
-        run_stage(args)
+        run_stage(stage_options(args))
     except KeyboardInterrupt as e:
         print(f"minimind-v train {args.stage}: {e or 'interrupted'}")
         return 130

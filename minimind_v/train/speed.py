@@ -35,7 +35,7 @@ from ..encoder_files import write_random_encoder
 from ..model.vlm import MiniMindVLM
 from .optim import make_optimizer
 from .recipes import vision_recipe
-from .stages import apply_freeze
+from .freeze import apply_freeze
 from .trainer import LossModule, TrainConfig
 
 

@@ -1,0 +1,214 @@
+"""One stage of the real-scale recipe, from its options to a run directory.
+
+    tokenizer -> llm-pretrain -> llm-sft -> pretrain (VLM alignment) -> sft (VLM instructions)
+
+Each stage builds its model (fresh, or from the previous stage's run), decides what trains, reads its dataset
+lazily with broken rows skipped, and hands everything to the one training loop. Re-running the same command
+with `--resume` continues from the run's `resume.safetensors` exactly where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..config import VLMConfig, llm_preset, padded_vocab
+from ..data.collate import SampleEncoder
+from ..data.feature_cache import CachedSampleEncoder, FeatureCache, FeatureFiller, encoder_key
+from ..data.formats import SampleReader
+from ..data.packing import PackCollate, PadCollate
+from ..data.robust import RowDataset, SkipCollate, TextEncoder
+from ..data.tokenizer import load_tokenizer
+from ..device import pick_device
+from ..model.checkpoint import load_llm_weights, load_run, save_llm_run, save_run
+from ..model.vlm import MiniMindVLM
+from ..runs import read_llm
+from .distributed import close_distributed, init_distributed
+from .lm_only import LMOnly, load_llm_run
+from .loader import EpochLoader
+from .recipes import STAGE_DEFAULTS, vision_recipe
+from .resume import STATE_FILE
+from .freeze import apply_freeze
+from .trainer import TrainConfig, train
+
+LLM_STAGES = ("llm-pretrain", "llm-sft")
+VLM_STAGES = ("pretrain", "sft")
+
+
+@dataclass
+class StageOptions:
+    """Everything one stage needs. 0 / None means "the stage's default" (recipes.STAGE_DEFAULTS)."""
+
+    stage: str  # llm-pretrain | llm-sft | pretrain | sft
+    data: str
+    out: str
+    images: str | None = None  # image folder of a .jsonl dataset (default: beside it)
+    from_run: str | None = None  # continue from a run of the same kind (an LLM run for llm-*, a VLM run else)
+    # a fresh LLM (llm-pretrain)
+    tokenizer: str | None = None
+    preset: str = "minimind2-small"
+    # a VLM built from an LLM run (pretrain / sft)
+    from_llm: str | None = None
+    vision: str = "siglip2-b32"  # encoder recipe: siglip2-b32 | clip-b16
+    vision_path: str | None = None
+    merge: int = 1
+    projector: str | None = None  # None: the recipe's
+    freeze_llm: int | None = None  # 0 whole LLM, 1 first + last layer, 2 projector only; None: the stage's
+    feature_cache: str | None = None
+    lr_projector: float = 0.0
+    # the schedule
+    steps: int = 0  # 0: from epochs
+    epochs: float = 0
+    batch_size: int = 0
+    accum: int = 1
+    max_len: int = 0
+    lr: float = 0.0
+    lr_llm: float = 0.0
+    min_lr_ratio: float = 0.1
+    warmup: int = 0
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    # how batches are made and where it runs
+    pack: bool = False
+    group_by_length: bool = False
+    dtype: str = "auto"  # auto: bf16 on a CUDA GPU that has it, else fp32
+    compile: bool = False
+    device: str = "auto"
+    workers: int = 2
+    threads: int = 0
+    seed: int = 0
+    log_every: int = 10
+    log_to: str = ""
+    save_every: int = 500
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stage not in LLM_STAGES + VLM_STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; choose one of: {', '.join(LLM_STAGES + VLM_STAGES)}")
+
+
+def build_model(opts: StageOptions, say: Callable[[str], None]) -> tuple[torch.nn.Module, Any]:
+    """The stage's starting model and tokenizer."""
+    stage = opts.stage
+    if stage in LLM_STAGES:
+        if opts.from_run:
+            return load_llm_run(opts.from_run)
+        if stage == "llm-sft":
+            raise ValueError("llm-sft starts from a pretrained LLM: pass --from RUN_DIR (an llm-pretrain run)")
+        if not opts.tokenizer:
+            raise ValueError("llm-pretrain needs --tokenizer DIR (make one with `minimind-v train tokenizer`)")
+        tok = load_tokenizer(opts.tokenizer)
+        vocab = padded_vocab(len(tok))
+        return LMOnly(llm_preset(opts.preset, vocab_size=vocab)), tok
+    if opts.from_run:  # continue from a VLM run (e.g. sft after pretrain)
+        model, tok = load_run(opts.from_run)
+        return model.train(), tok
+    if not opts.from_llm:
+        raise ValueError(f"{stage} needs --from-llm RUN_DIR (an LLM run) or --from RUN_DIR (a VLM run)")
+    if not opts.vision_path:
+        raise ValueError("a VLM built from an LLM needs --vision-path DIR (a local CLIP or SigLIP folder)")
+    recipe = vision_recipe(opts.vision)
+    llm_cfg, weights = read_llm(opts.from_llm)
+    tok = load_tokenizer(opts.from_llm)
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    if image_id is None or image_id == tok.unk_token_id:
+        raise ValueError("the LLM's tokenizer has no <|image_pad|> token")
+    cfg = VLMConfig(llm=llm_cfg, vision=recipe.vision_config(str(Path(opts.vision_path).resolve()), opts.merge),
+                    projector=opts.projector or recipe.projector, image_token_id=image_id)
+    model = MiniMindVLM(cfg)
+    load_llm_weights(model.llm, weights, opts.from_llm)
+    if model.tokens_per_image != recipe.tokens(opts.merge):
+        say(f"note: the encoder at {opts.vision_path} gives {model.tokens_per_image} tokens per image; the "
+            f"{opts.vision} recipe expects {recipe.tokens(opts.merge)} (a different model size?)")
+    return model, tok
+
+
+def build_loader(opts: StageOptions, model: torch.nn.Module, tok: Any, max_len: int, batch: int,
+                 rank: int, world: int) -> tuple[EpochLoader, FeatureFiller | None]:
+    reader = SampleReader(opts.data, image_dir=opts.images)
+    filler = None
+    if opts.stage == "llm-pretrain":
+        ds = RowDataset(reader, TextEncoder(tok, max_len), kind="text")
+    elif opts.stage == "llm-sft":
+        ds = RowDataset(reader, SampleEncoder(tok, _no_images, 1, max_len=max_len))
+    elif opts.feature_cache:
+        if not model.cfg.vision.freeze:
+            raise ValueError("--feature-cache needs a frozen encoder (its features must not change)")
+        cache = FeatureCache(opts.feature_cache, encoder_key(model.vision))
+        enc = CachedSampleEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.vision.out_dim, cache,
+                                  model.cfg.image_token, max_len)
+        ds = RowDataset(reader, enc, decode=False)
+        filler = FeatureFiller(model.vision, cache)
+    else:
+        ds = RowDataset(reader, SampleEncoder(tok, model.vision.preprocess, model.tokens_per_image,
+                                              model.cfg.image_token, max_len))
+    inner = PackCollate(max_len) if opts.pack else PadCollate()
+    lengths = reader.approx_lengths() if opts.group_by_length else None
+    loader = EpochLoader(ds, batch, collate_fn=SkipCollate(pad_id=tok.pad_token_id or 0, inner=inner),
+                         seed=opts.seed, rank=rank, world=world, workers=opts.workers, blocks=reader.blocks(),
+                         lengths=lengths, pin_memory=torch.cuda.is_available())
+    return loader, filler
+
+
+def _no_images(images: list) -> torch.Tensor:
+    raise ValueError("an LLM stage got a row with images")
+
+
+def run_stage(opts: StageOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
+    d = STAGE_DEFAULTS[opts.stage]
+    dist, dist_device = init_distributed(opts.device)
+    threads = torch.get_num_threads()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    try:
+        device = dist_device or pick_device(opts.device)
+        out = Path(opts.out)
+        if opts.resume and not (out / STATE_FILE).is_file():
+            raise FileNotFoundError(f"--resume: {str(out / STATE_FILE)!r} does not exist")
+        torch.manual_seed(opts.seed)  # the same initial weights on every process
+        model, tok = build_model(opts, say if dist.main else lambda s: None)
+        vlm = isinstance(model, MiniMindVLM)
+        freeze = d.freeze_llm if opts.freeze_llm is None else opts.freeze_llm
+        counts = apply_freeze(model, freeze) if vlm else {"llm": sum(p.numel() for p in model.parameters())}
+        max_len = opts.max_len or d.max_len
+        batch = opts.batch_size or d.batch_size
+        loader, filler = build_loader(opts, model, tok, max_len, batch, dist.rank, dist.world)
+        steps = opts.steps or math.ceil((opts.epochs or d.epochs) * loader.per_epoch / opts.accum)
+        dtype = opts.dtype
+        if dtype == "auto":
+            dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        cfg = TrainConfig(steps=steps, batch_size=batch, lr=opts.lr or d.lr, min_lr_ratio=opts.min_lr_ratio,
+                          warmup=opts.warmup, weight_decay=opts.weight_decay, grad_clip=opts.grad_clip, dtype=dtype,
+                          log_every=opts.log_every, seed=opts.seed, accum=opts.accum, lr_projector=opts.lr_projector,
+                          lr_llm=opts.lr_llm, save_every=opts.save_every, compile=opts.compile)
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            say(f"{opts.stage}: {len(loader.dataset)} rows, {steps} steps x {batch} x {opts.accum} accum x "
+                f"{dist.world} processes on {device} ({dtype}); trainable {counts}; max_len {max_len}"
+                f"{'; packed' if opts.pack else ''}")
+            (out / "stage.json").write_text(json.dumps({"stage": opts.stage, "opts": dataclasses.asdict(opts),
+                                                        "train": dataclasses.asdict(cfg)}, indent=2, default=str))
+        extra = {"stage": opts.stage, "source": str(opts.from_run or opts.from_llm or opts.tokenizer or "")}
+
+        def export(m: torch.nn.Module) -> None:
+            save_run(m, tok, out, extra=extra) if vlm else save_llm_run(m.llm, tok, out, extra=extra)
+
+        t0 = time.time()
+        rows = train(model, loader, cfg, device=device, metrics_path=out / "metrics.jsonl", stage=opts.stage,
+                     run_dir=out, resume=opts.resume, dist=dist, export=export, prepare=filler, log_to=opts.log_to)
+        result = {"run_dir": str(out), "steps": steps, "seconds": round(time.time() - t0, 1),
+                  "final_loss": rows[-1]["loss"] if rows else None}
+        if filler is not None:
+            result["feature_cache"] = {"hits": filler.hits, "misses": filler.misses}
+        if dist.main:
+            say(f"done: {result}")
+        return result
+    finally:
+        torch.set_num_threads(threads)
+        close_distributed()
