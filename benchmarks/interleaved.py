@@ -86,14 +86,15 @@ def our_side(a: argparse.Namespace):
 
     from minimind_v.data.chat import encode_conversation, encode_prompt
     from minimind_v.data.formats import SampleReader
-    from minimind_v.data.packing import PadCollate
+    from minimind_v.data.batches import PadCollate
     from minimind_v.data.tokenizer import train_tokenizer
     from minimind_v.eval.bench import CutEncoder, EncodedRows, build_model
     from minimind_v.eval.decode_bench import with_weights
     from minimind_v.infer.generate import GenerationConfig, compile_decoding, generate_stream
     from minimind_v.train.loader import EpochLoader
-    from minimind_v.train.stages import apply_freeze
-    from minimind_v.train.trainer import TrainConfig, lm_loss, make_optimizer
+    from minimind_v.train.freeze import apply_freeze
+    from minimind_v.train.optim import make_optimizer
+    from minimind_v.train.trainer import TrainConfig, lm_loss
 
     model = build_model("minimind3-small", a.vision, "mlp", 768)
     rows = SampleReader(a.rows)

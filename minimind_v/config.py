@@ -9,6 +9,9 @@ import math
 from dataclasses import dataclass, field, asdict
 from typing import Any
 
+IMAGE_TOKEN = "<|image_pad|>"  # the placeholder token, repeated once per image feature in the ids
+IMAGE_MARKER = "<image>"  # what a prompt holds where an image goes, one per image
+
 
 @dataclass
 class LLMConfig:
@@ -126,9 +129,9 @@ class VLMConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: str = "mlp"  # linear (MiniMind2-V) | mlp (LayerNorm + 2-layer MLP, LLaVA-1.5 / minimind-3v)
-    image_token: str = "<|image_pad|>"  # the placeholder repeated once per image feature
+    image_token: str = IMAGE_TOKEN  # the placeholder repeated once per image feature
     image_token_id: int = 3  # its id in the tokenizer (ours: 3; MiniMind2-V: 34 for '@'; minimind-3v: 12)
-    image_marker: str = "<image>"  # what users write in a prompt, one per image
+    image_marker: str = IMAGE_MARKER  # what users write in a prompt, one per image
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

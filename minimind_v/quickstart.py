@@ -18,20 +18,21 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .config import VisionConfig, VLMConfig, llm_preset, padded_vocab
+from .config import IMAGE_MARKER, IMAGE_TOKEN, VisionConfig, VLMConfig, llm_preset, padded_vocab
+from .data.batches import PackCollate
 from .data.chatmix import make_sample
-from .data.collate import SampleEncoder
-from .data.packing import PackCollate
+from .data.encode import SampleEncoder
 from .data.shapes_dataset import ShapesWorldDataset
 from .data.tokenizer import train_tokenizer
+from .data.world import STAGE_SEED_BLOCK, TOKENIZER_CORPUS_SEED
 from .device import pick_device
-from .model.checkpoint import save_run
-from .model.vlm import MiniMindVLM
 from .eval.grid import draw_grid, pick_examples
 from .eval.shapes import evaluate_shapes, markdown_table
 from .infer.api import VLMChat
-from .train.plots import plot_metrics
+from .model.checkpoint import save_run
+from .model.vlm import MiniMindVLM
 from .train.freeze import apply_freeze
+from .train.plots import plot_metrics
 from .train.trainer import TrainConfig, train
 from .train.vision_pretrain import pretrain_vision, probe_vision
 
@@ -65,13 +66,13 @@ QUICKSTART_PRESETS: dict[str, QuickstartConfig] = {
 }
 
 
-def corpus(n: int, seed: int = 10_000_000) -> list[str]:
+def corpus(n: int, seed: int = TOKENIZER_CORPUS_SEED) -> list[str]:
     """Text of n training conversations (every kind), for the tokenizer to learn its merges from."""
     rng = random.Random(seed)
     texts = []
     for i in range(n):
         s = make_sample(rng, image_size=32, kinds="caption" if i % 4 == 0 else "sft")
-        texts.extend(m["content"].replace("<image>", " ") for m in s["conversations"])
+        texts.extend(m["content"].replace(IMAGE_MARKER, " ") for m in s["conversations"])
     return texts
 
 
@@ -102,7 +103,7 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
     tok = train_tokenizer(corpus(qs.tokenizer_samples), vocab_size=qs.vocab_size)
     vocab = padded_vocab(len(tok))
     cfg = VLMConfig(llm=llm_preset(qs.llm_preset, vocab_size=vocab), vision=dataclasses.replace(qs.vision),
-                    image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"))
+                    image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN))
     model = MiniMindVLM(cfg)
     say(f"      vocab {len(tok)}; LLM {model.llm.num_parameters() / 1e6:.2f}M params; encoder "
         f"{sum(p.numel() for p in model.vision.parameters()) / 1e6:.2f}M; {model.tokens_per_image} tokens/image")
@@ -118,7 +119,7 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
         tcfg = dataclasses.replace(tcfg, dtype=qs.dtype)
         counts = apply_freeze(model, freeze_llm=0, train_vision=False)
         say(f"[{3 + i}/6] {stage}: {tcfg.steps} steps x {tcfg.batch_size}; trainable {counts}")
-        dl = loader(model, tok, tcfg, kinds, qs, offset=(i + 1) * 100_000_000)
+        dl = loader(model, tok, tcfg, kinds, qs, offset=(i + 1) * STAGE_SEED_BLOCK)
         train(model, dl, tcfg, device=dev, metrics_path=metrics, stage=stage)
 
     model.eval()

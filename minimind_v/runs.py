@@ -54,9 +54,9 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def write_folder(dest: Path, save: Callable[[Path], None]) -> None:
-    """Let `save(folder)` write into a fresh temporary folder beside `dest`, then move each file into `dest`."""
+    """Let `save(folder)` write into a fresh temporary folder inside `dest`, then rename each file into `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest))
     try:
         save(tmp)
         for f in sorted(tmp.iterdir()):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from minimind_v.cli import main
-from minimind_v.data.packing import PadCollate
+from minimind_v.data.batches import PadCollate
 from minimind_v.data.tokenizer import train_tokenizer
 from minimind_v.eval.bench import CutEncoder, build_model, flops_per_step, summary, synthetic_samples
 from minimind_v.eval.memory import PeakMemory

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from minimind_v.config import IMAGE_MARKER
 from minimind_v.data.chat import (
     IGNORE_INDEX,
-    IMAGE_MARKER,
     SampleTooLong,
     count_markers,
     encode_conversation,

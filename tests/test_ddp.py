@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from minimind_v.config import LLMConfig
-from minimind_v.data.packing import PadCollate
+from minimind_v.data.batches import PadCollate
 from minimind_v.data.robust import SkipCollate, skip
 from minimind_v.train.distributed import close_distributed, init_distributed
 from minimind_v.train.lm_only import LMOnly

@@ -9,17 +9,17 @@ import torch
 from conftest import write_tiny_llm_run
 
 from minimind_v.config import VLMConfig
-from minimind_v.data.collate import SampleEncoder
+from minimind_v.data.batches import PadCollate
+from minimind_v.data.encode import SampleEncoder
 from minimind_v.data.feature_cache import CachedSampleEncoder, FeatureCache, FeatureFiller, encoder_key
 from minimind_v.data.formats import SampleReader
-from minimind_v.data.packing import PadCollate
 from minimind_v.data.robust import RowDataset
 from minimind_v.data.synthetic import synthetic_rows, write_jsonl, write_tiny_encoder
 from minimind_v.model.vlm import MiniMindVLM
 from minimind_v.runs import read_llm
 from minimind_v.train import cli_train
-from minimind_v.train.stage import StageOptions, run_stage
 from minimind_v.train.recipes import vision_recipe
+from minimind_v.train.stage import StageOptions, run_stage
 from minimind_v.train.trainer import LossModule
 
 

@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from conftest import shared_dir
-from minimind_v.data.collate import SampleEncoder
+from minimind_v.data.encode import SampleEncoder
 from minimind_v.data.formats import (BadRow, JsonlRows, ParquetRows, SampleReader, check_conversation,
-                                     index_lines, parse_conversations)
+                                     parse_conversations)
+from minimind_v.data.rows import index_lines
 from minimind_v.data.robust import RowDataset, SkipCollate, SkipTally
 from minimind_v.data.synthetic import synthetic_rows, write_jsonl, write_parquet
 from minimind_v.model.checkpoint import load_run

@@ -17,12 +17,12 @@ from minimind_v.cli import main
 from minimind_v.config import LLMConfig, VisionConfig, VLMConfig
 from minimind_v.data.tokenizer import train_tokenizer
 import minimind_v.model.half as half_module
+from minimind_v.model.checkpoint import load_run, save_run
 from minimind_v.model.half import HalfEmbedding, HalfLinear, Int8Linear, empty_model, quantize_int8, store_weights
 from minimind_v.model.llm import MiniMindLM
 from minimind_v.model.stream_load import stream_tensors
 from minimind_v.model.vit_light import LightViT
 from minimind_v.model.vlm import MiniMindVLM
-from minimind_v.model.checkpoint import load_run, save_run
 
 LLM = LLMConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=300, max_seq_len=128)
 

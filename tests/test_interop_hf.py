@@ -22,14 +22,14 @@ from safetensors.torch import load_file, save_file
 
 import minimind_v
 from minimind_v.config import LLMConfig
-from minimind_v.infer.generate import GenerationConfig, generate
 from minimind_v.data.template_prompt import encode_template_prompt
+from minimind_v.infer.generate import GenerationConfig, generate
 from minimind_v.interop.hf_export import export_hf, localize_imports, remote_code_files
 from minimind_v.interop.hf_llm import export_llm_only, load_llm, pick_architecture
 from minimind_v.interop.importer import import_official, write_llm_run
-from minimind_v.interop.official import Converted
-from minimind_v.model.llm import MiniMindLM
+from minimind_v.interop.official import MINIMIND2, Converted
 from minimind_v.model.checkpoint import load_run, save_run
+from minimind_v.model.llm import MiniMindLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, see conftest
 
@@ -113,7 +113,7 @@ def tiny_mixtral_run(tok_dir: Path, out: Path) -> Path:
     sd = {f"llm.{k}": v for k, v in llm.state_dict().items() if k != "lm_head.weight"}
     from minimind_v.data.tokenizer import load_tokenizer
 
-    return write_llm_run(Converted("A", cfg, None, None, sd), load_tokenizer(tok_dir), out, {})
+    return write_llm_run(Converted(MINIMIND2, cfg, None, None, sd), load_tokenizer(tok_dir), out, {})
 
 
 class Probe:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import shared_dir
 
-from minimind_v.infer.generate import GenerationConfig, generate
 from minimind_v.data.template_prompt import encode_template_prompt, render_prompt
+from minimind_v.infer.generate import GenerationConfig, generate
 from minimind_v.interop.hf_llm import load_llm
 from minimind_v.interop.importer import import_official
 from minimind_v.interop.official import convert, expected_shapes

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from minimind_v.data.collate import SampleEncoder
-from minimind_v.data.packing import PackCollate, PadCollate, first_fit_decreasing
+from minimind_v.data.batches import PackCollate, PadCollate, first_fit_decreasing
+from minimind_v.data.encode import SampleEncoder
 from minimind_v.data.synthetic import synthetic_rows
 from minimind_v.model.checkpoint import load_run
 from minimind_v.train.loader import EpochLoader

@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from minimind_v.config import LLMConfig, VisionConfig, VLMConfig
-from minimind_v.data.collate import SampleEncoder, collate
+from minimind_v.data.batches import collate
+from minimind_v.data.encode import SampleEncoder
 from minimind_v.data.shapes_dataset import ShapesWorldDataset
 from minimind_v.data.tokenizer import train_tokenizer
 from minimind_v.model.vlm import MiniMindVLM

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minimind_v.config import LLMConfig, VisionConfig, VLMConfig
-from minimind_v.data.packing import PadCollate
+from minimind_v.data.batches import PadCollate
 from minimind_v.data.robust import SkipCollate
 from minimind_v.model.vlm import MiniMindVLM
 from minimind_v.train.lm_only import LMOnly

@@ -10,9 +10,10 @@ import pytest
 from minimind_v.data import chatmix, digits
 from minimind_v.data.chatmix import IMAGE, MixWeights, eval_items, make_sample
 from minimind_v.data.digits import digit_qa, load_digit_split, render_digit
-from minimind_v.data.world import (COLORS, POSITIONS, QUESTIONS, SHAPES, SIZES, Obj, Scene, ask, ask_two, caption,
-                                   canonical_questions, eval_seed, paraphrase, render, sample_scene,
-                                   sample_scene_pair, train_seed, two_image_questions)
+from minimind_v.data.world import Obj, Scene, eval_seed, render, sample_scene, sample_scene_pair, train_seed
+from minimind_v.data.world_text import (QUESTIONS, ask, ask_two, caption, canonical_questions, paraphrase,
+                                        two_image_questions)
+from minimind_v.data.world_vocab import COLORS, POSITIONS, SHAPES, SIZES
 from minimind_v.eval.score import score
 
 

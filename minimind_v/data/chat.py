@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
+from ..config import IMAGE_MARKER, IMAGE_TOKEN
 from .tokenizer import CHAT_TEMPLATE
 
-IMAGE_MARKER = "<image>"
 IGNORE_INDEX = -100  # what torch's cross-entropy skips
 ROLES = ("system", "user", "assistant")
 BOS = "<|im_start|>"
@@ -44,15 +45,8 @@ def count_markers(text: str) -> int:
     return text.count(IMAGE_MARKER)
 
 
-def encode_conversation(
-    tok,
-    conversations: list[dict],
-    *,
-    tokens_per_image: int,
-    image_token: str = "<|image_pad|>",
-    max_len: int | None = None,
-    system: str | None = None,
-) -> tuple[list[int], list[int]]:
+def encode_conversation(tok: Any, conversations: list[dict], *, tokens_per_image: int, image_token: str = IMAGE_TOKEN,
+                        max_len: int | None = None, system: str | None = None) -> tuple[list[int], list[int]]:
     """Encode a training conversation ending with the assistant's answer.
 
     `system` is a default system prompt, used only when the conversation does not start with its own.
@@ -80,14 +74,8 @@ def encode_conversation(
     return ids, labels
 
 
-def encode_prompt(
-    tok,
-    messages: list[dict],
-    *,
-    tokens_per_image: int,
-    image_token: str = "<|image_pad|>",
-    system: str | None = None,
-) -> list[int]:
+def encode_prompt(tok: Any, messages: list[dict], *, tokens_per_image: int, image_token: str = IMAGE_TOKEN,
+                  system: str | None = None) -> list[int]:
     """Encode a conversation ending with a user turn, followed by the `<|im_start|>assistant\\n` prompt."""
     if getattr(tok, "chat_template", None) not in (None, CHAT_TEMPLATE):
         # An imported official tokenizer: build the prompt with its own template, as that release was trained.

@@ -10,12 +10,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, fields
 
+from ..config import IMAGE_MARKER
 from .digits import digit_qa, load_digit_split, render_digit
-from .world import (QA, SHAPES, SINGLE_KINDS, TWO_IMAGE_KINDS, article, ask, ask_two, caption,
-                    canonical_questions, eval_seed, paraphrase, render, sample_scene, sample_scene_pair,
-                    train_seed, two_image_questions)
+from .world import EVAL_KIND_SEED_BLOCK, eval_seed, render, sample_scene, sample_scene_pair, train_seed
+from .world_text import (QA, SINGLE_KINDS, TWO_IMAGE_KINDS, article, ask, ask_two, caption, canonical_questions,
+                         paraphrase, two_image_questions)
+from .world_vocab import SHAPES
 
-IMAGE = "<image>\n"
+IMAGE = IMAGE_MARKER + "\n"  # an image at the start of a user turn
 CAPTION_REQUESTS = ["Describe the image.", "What is in the image?", "Describe this picture.", "What do you see?",
                     "Give a short description of the image.", "Caption this image.", "What shapes are in this image?"]
 EVAL_STYLE = dict(antialias=False, noise=3.0, background=228)  # a fixed look training never uses by default
@@ -178,7 +180,7 @@ def eval_items(n_per_kind: int, seed: int = 0, image_size: int = 96) -> list[dic
     items = []
     for k, kind in enumerate(SINGLE_KINDS + TWO_IMAGE_KINDS):
         for i in range(n_per_kind):
-            rng = random.Random(eval_seed((seed * 100 + k) * 1_000_000 + i))
+            rng = random.Random(eval_seed((seed * 100 + k) * EVAL_KIND_SEED_BLOCK + i))
             qa, scenes = _eval_qa(kind, i, rng)
             items.append({"kind": kind, "question": IMAGE * len(scenes) + qa.question, "key": qa.key,
                           "answer": qa.answer, "images": [render(s, image_size, rng, **EVAL_STYLE) for s in scenes]})

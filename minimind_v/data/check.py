@@ -19,8 +19,10 @@ from typing import Any
 
 from PIL import Image
 
+from ..config import IMAGE_TOKEN
 from .chat import SampleTooLong, encode_conversation
-from .formats import MAX_IMAGE_PIXELS, REASONS, BadRow, SampleReader, load_image
+from .formats import MAX_IMAGE_PIXELS, BadRow, SampleReader, load_image
+from .rows import REASONS
 
 
 @dataclass
@@ -29,7 +31,7 @@ class CheckOptions:
     tokenizer: str | None = None  # a tokenizer (or run) directory: enables the over-length check
     max_len: int = 0
     tokens_per_image: int = 0
-    image_token: str = "<|image_pad|>"
+    image_token: str = IMAGE_TOKEN
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_image_mb: float = 20.0
     decode_images: bool = True

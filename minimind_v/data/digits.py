@@ -11,7 +11,7 @@ import random
 import numpy as np
 from PIL import Image
 
-from .world import NUMBER_NAMES, QA
+from .world_text import NUMBER_NAMES, QA
 
 DIGIT_QUESTIONS = ["What digit is this?", "Which digit is shown?", "What number is written here?",
                    "Read the digit.", "What digit do you see?", "Which number is this?"]

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..config import IMAGE_TOKEN
 from .chat import encode_conversation
 from .formats import MAX_IMAGE_PIXELS, BadRow, load_image
 
@@ -92,7 +93,7 @@ class CachedSampleEncoder:
     tokens_per_image: int
     feat_dim: int
     cache: FeatureCache
-    image_token: str = "<|image_pad|>"
+    image_token: str = IMAGE_TOKEN
     max_len: int = 512
     max_image_pixels: int = MAX_IMAGE_PIXELS
 

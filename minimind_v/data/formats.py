@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .chat import IMAGE_MARKER, ROLES, count_markers
-from .rows import REASONS, BadRow, HFDiskRows, JsonlRows, ParquetRows, index_lines, open_rows  # noqa: F401
+from ..config import IMAGE_MARKER
+from .chat import ROLES, count_markers
+from .rows import BadRow, JsonlRows, ParquetRows, open_rows
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # anything larger is a mistake or a decompression bomb, not a training image
 

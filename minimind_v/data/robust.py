@@ -15,8 +15,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
+from .batches import collate
 from .chat import SampleTooLong
-from .collate import IGNORE, collate
 from .formats import BadRow, SampleReader
 
 
@@ -136,8 +136,3 @@ class SkipTally:
         for reason, ex in self.examples.items():
             lines += [f"  {reason}: {e}" for e in ex]
         return "\n".join(lines)
-
-
-def has_targets(batch: dict[str, Any]) -> bool:
-    """A batch can train only if it has at least one labelled token (all rows might have been skipped)."""
-    return "labels" in batch and bool((batch["labels"][:, 1:] != IGNORE).any())

@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from ..config import IMAGE_MARKER
 from ..encoder_files import write_random_encoder
 
 WORDS = ("the a red blue green small large round square picture shows there is an with on in of and near under "
@@ -53,7 +54,7 @@ def synthetic_rows(n: int, *, seed: int = 0, words: tuple[int, int] = (3, 12), i
     rows = []
     for i in range(n):
         answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) + "."
-        markers = "<image>" * images
+        markers = IMAGE_MARKER * images
         convs = [{"role": "user", "content": f"{markers}\nDescribe the picture."},
                  {"role": "assistant", "content": answer}]
         imgs: list[bytes | None] = [random_jpeg(rng, image_size) for _ in range(images)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-IMAGE_MARKER = "<image>"
+from ..config import IMAGE_MARKER
 
 
 def render_prompt(tok: Any, messages: list[dict], *, tokens_per_image: int, image_token: str,

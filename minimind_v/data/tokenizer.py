@@ -14,12 +14,12 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from ..config import IMAGE_TOKEN
 from ..runs import write_tokenizer
 
 PAD_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"
 EOS_TOKEN = "<|im_end|>"
-IMAGE_TOKEN = "<|image_pad|>"
 SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, IMAGE_TOKEN]  # ids 0, 1, 2, 3
 
 # ChatML, one message per block. The content goes in untouched: an `<image>` marker stays text here and is

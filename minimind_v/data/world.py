@@ -17,9 +17,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-# the language half, imported so that importers need only `world` (world.caption, world.QA, ...)
-from .world_text import (ALL_PAIRS, NUMBER_NAMES, QA, QUESTIONS, SINGLE_KINDS, TWO_IMAGE_KINDS,  # noqa: F401
-                         article, ask, ask_two, canonical_questions, caption, paraphrase, place, two_image_questions)
 from .world_vocab import COLORS, POSITIONS, SHAPES, SIZES
 
 TRIANGLE_HEIGHT = math.sqrt(3) / 2  # an equilateral triangle's height per unit of base
@@ -60,6 +57,13 @@ class Scene:
     @property
     def pairs(self) -> set[tuple[str, str]]:
         return {o.pair for o in self.objects}
+
+
+# Blocks of seed indices: each consumer of scenes draws from its own block, so no two ever share a scene.
+STAGE_SEED_BLOCK = 100_000_000  # training stage k (1, 2, ...) draws train_seed(k * STAGE_SEED_BLOCK + i)
+PROBE_SEED_OFFSET = 10_000_000  # the vision probe's held-out scenes: eval_seed(PROBE_SEED_OFFSET + i)
+EVAL_KIND_SEED_BLOCK = 1_000_000  # the evaluation set: eval_seed((seed * 100 + kind) * EVAL_KIND_SEED_BLOCK + i)
+TOKENIZER_CORPUS_SEED = 10_000_000  # the tokenizer's corpus of rendered conversations (a plain Random seed)
 
 
 def train_seed(i: int) -> int:

@@ -1,8 +1,7 @@
 """The shapes world's language: captions, one small question maker per kind (`ask`, `ask_two`), and phrasing
 lists whose first entry is the contract's exact string (SHAPES_WORLD.md).
 
-Scenes and pixels live in `world.py`, which re-exports every public name here, so `world.caption` and
-`from .world import QA` keep working. This half only reads scenes, so it needs `Scene` for type hints alone.
+Scenes and pixels live in `world.py`. This half only reads scenes, so it needs `Scene` for type hints alone.
 """
 from __future__ import annotations
 
@@ -181,18 +180,13 @@ def ask(kind: str, scene: Scene, rng: random.Random, want: str | None = None) ->
     """The canonical question of one single-image kind, or None where the contract does not ask it.
     `want` forces the answer of a yes/no question ("yes"/"no"), for exactly balanced evaluation sets."""
     objs = scene.objects
-    if kind == "color":
-        unique = [o for o in objs if sum(p.shape == o.shape for p in objs) == 1]
+    if kind in ("color", "shape"):  # one attribute of the object that the other attribute names uniquely
+        other = "shape" if kind == "color" else "color"
+        unique = [o for o in objs if sum(getattr(p, other) == getattr(o, other) for p in objs) == 1]
         if not unique:
             return None
         o = rng.choice(unique)
-        return _qa(kind, o.color, (scene,), shape=o.shape)
-    if kind == "shape":
-        unique = [o for o in objs if sum(p.color == o.color for p in objs) == 1]
-        if not unique:
-            return None
-        o = rng.choice(unique)
-        return _qa(kind, o.shape, (scene,), color=o.color)
+        return _qa(kind, getattr(o, kind), (scene,), **{other: getattr(o, other)})
     if kind == "count":
         return _qa(kind, str(len(objs)), (scene,), what="shape")
     if kind == "count_color":  # mostly a colour that is there, else any colour (often a 0)

@@ -23,21 +23,17 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..config import VisionConfig, VLMConfig, llm_preset
+from ..data.batches import PackCollate, PadCollate
 from ..data.chat import encode_conversation
-from ..data.collate import SampleEncoder
-from ..data.packing import PackCollate, PadCollate
+from ..data.encode import SampleEncoder
 from ..data.synthetic import random_image
+from ..device import autocast, pick_device
 from ..infer.generate import compile_decoding
 from ..model.vlm import MiniMindVLM
-from ..train.loader import EpochLoader
 from ..train.freeze import apply_freeze
-from ..device import autocast, pick_device
-from ..train.trainer import (
-    TrainConfig,
-    lm_loss,
-    make_optimizer,
-    to_device,
-)
+from ..train.loader import EpochLoader
+from ..train.optim import make_optimizer
+from ..train.trainer import TrainConfig, lm_loss, to_device
 from .decode_bench import bench_decode, inference_rss_of, weights_label, with_weights
 from .flops import device_name, flops_per_step, matmul_peak_tflops, summary, sync
 from .memory import PeakMemory

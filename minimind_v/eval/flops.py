@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ..data.collate import IGNORE
+from ..data.chat import IGNORE_INDEX
 from ..model.vlm import MiniMindVLM
 
 
@@ -52,7 +52,7 @@ def flops_per_step(model: MiniMindVLM, batch: dict[str, torch.Tensor]) -> float:
     train_llm = sum(p.numel() for n, p in llm.named_parameters() if p.requires_grad and "embed_tokens" not in n)
     head = llm.cfg.vocab_size * llm.cfg.dim if llm.lm_head.weight.requires_grad else 0
     real = int(batch["attention_mask"].sum())
-    labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
+    labelled = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     flops = 6 * train_llm * real + 6 * head * labelled
     images = batch.get("pixel_values", batch.get("vision_feats"))
     n_images = 0 if images is None else int(images.shape[0])

@@ -15,6 +15,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..config import IMAGE_MARKER
+
 GREEN, RED, INK, GREY = (20, 140, 60), (200, 40, 40), (20, 20, 20), (110, 110, 110)
 
 
@@ -61,7 +63,7 @@ def draw_grid(examples: list[dict[str, Any]], path: str | Path, *, cols: int = 4
     chars = max(12, thumb // 7)  # wrap width in characters for ~7 px wide glyphs
     cells = []
     for ex in examples:
-        q = ex["question"].replace("<image>", "").strip()
+        q = ex["question"].replace(IMAGE_MARKER, "").strip()
         text = [("Q: " + q, INK), ("A: " + ex["answer"], INK), ("expected: " + str(ex["expected"]), GREY)]
         lines = [(piece, colour) for t, colour in text for piece in textwrap.wrap(t, chars)[:4] or [""]]
         cells.append((ex, lines))

@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..config import IMAGE_MARKER
 from .score import KINDS, score, words
 
 
@@ -108,7 +109,7 @@ def load_jsonl(path: str | Path, image_dir: str | Path | None = None, limit: int
             raise ValueError(f"{where}: not valid JSON ({e})") from None
         question, refs, paths, kind = _parse_line(row, where)
         images = [_open_image(p if (p := Path(s)).is_absolute() else root / p, where) for s in paths]
-        n_markers = question.count("<image>")
+        n_markers = question.count(IMAGE_MARKER)
         if n_markers == 0:
             question = "<image>\n" * len(images) + question
         elif n_markers != len(images):

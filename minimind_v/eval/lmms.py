@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ..config import IMAGE_MARKER
+
 try:  # the real base class when lmms-eval is installed; a minimal stand-in keeps this file importable without it
     from lmms_eval.api.model import lmms as _LMMSBase
 except ImportError:  # pragma: no cover - depends on the environment
@@ -37,7 +39,6 @@ except ImportError:  # pragma: no cover - depends on the environment
         def world_size(self) -> int:
             return self._world_size
 
-IMAGE = "<image>"
 NAME = "minimind_v"
 
 
@@ -76,9 +77,9 @@ class MiniMindVLMMS(_LMMSBase):
     @staticmethod
     def _question(context: str, n_images: int) -> str:
         """lmms-eval contexts rarely hold image markers: put one per image in front, as training did."""
-        if context.count(IMAGE) == n_images:
+        if context.count(IMAGE_MARKER) == n_images:
             return context
-        return (IMAGE + "\n") * n_images + context.replace(IMAGE, "")
+        return (IMAGE_MARKER + "\n") * n_images + context.replace(IMAGE_MARKER, "")
 
     # -- the interface ------------------------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ from typing import Any, TextIO
 
 from PIL import Image, UnidentifiedImageError
 
-from ..data.chat import IMAGE_MARKER, count_markers
+from ..config import IMAGE_MARKER
+from ..data.chat import count_markers
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CHAT_HELP = "commands: /image PATH (attach to your next message), /reset (forget everything), /exit"

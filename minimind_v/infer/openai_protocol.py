@@ -17,7 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.chat import IMAGE_MARKER, count_markers
+from ..config import IMAGE_MARKER
+from ..data.chat import count_markers
 from .images import ImageError, ImageLimits, load_image_url
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..data.chat import IMAGE_MARKER
+from ..config import IMAGE_MARKER
 from .cli_infer import add_server_arguments
 from .images import ImageLimits, decode_image
 from .registry import ModelPool, find_runs

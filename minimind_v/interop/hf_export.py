@@ -108,13 +108,6 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def _add_auto_map(path: Path, auto_map: dict, **fields) -> None:
-    raw = json.loads(path.read_text())
-    raw.update(fields)
-    raw["auto_map"] = {**raw.get("auto_map", {}), **auto_map}
-    _write_json(path, raw)
-
-
 def _write_readme(out: Path, run: Path) -> None:
     (out / "README.md").write_text(f"""# MiniMind-V (exported from `{run.name}`)
 

@@ -2,7 +2,7 @@
 
     run/
       config.json        VLMConfig + "chat_format" and "imported_from" (what was imported, from where)
-      model.safetensors  LLM + projector in this package's names (fp32; A's q/k rows already reordered)
+      model.safetensors  LLM + projector in this package's names (fp32; MiniMind2's q/k rows already reordered)
       tokenizer files    the official tokenizer, with its chat template and special tokens unchanged
       vision/            only with copy_vision; otherwise the encoder folder is referenced by path + hash
 
@@ -26,12 +26,12 @@ from ..model.checkpoint import save_run
 from ..model.vision import VisionEncoder
 from ..model.vlm import MiniMindVLM
 from ..runs import copy_encoder
-from .official import FORMATS, Converted, convert, load_checkpoint
+from .official import FORMATS, MINIMIND2, MINIMIND3, Converted, convert, load_checkpoint
 
 # What the weights cannot say: each release's encoder family, placeholder and chat format.
 RELEASES = {
-    "A": dict(vision_kind="clip", image_token="@", chat_format="minimind2", eos="</s>"),
-    "B": dict(vision_kind="siglip", image_token="<|image_pad|>", chat_format="minimind3", eos="<|im_end|>"),
+    MINIMIND2: dict(vision_kind="clip", image_token="@", chat_format="minimind2", eos="</s>"),
+    MINIMIND3: dict(vision_kind="siglip", image_token="<|image_pad|>", chat_format="minimind3", eos="<|im_end|>"),
 }
 
 

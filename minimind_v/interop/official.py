@@ -1,17 +1,17 @@
 """The official MiniMind-V / MiniMind checkpoints, renamed into this package's state-dict layout.
 
-Two key layouts exist (see `compat/README.md` of the test vectors for the tensor-level details):
-  - A, MiniMind2-V / MiniMind2 (Feb 2025): `tok_embeddings`, `layers.N.attention.wq`, `feed_forward.w1/w2/w3`,
+Two key layouts exist, named by release (see `compat/README.md` of the test vectors for the tensor-level details):
+  - MINIMIND2, MiniMind2-V / MiniMind2 (Feb 2025): `tok_embeddings`, `layers.N.attention.wq`, `feed_forward.w1/w2/w3`,
     `vision_proj.vision_proj.0`; RoPE on interleaved pairs (x[2i], x[2i+1]); eps 1e-5; MoE top-2 + 1 shared expert.
-  - B, minimind-3v / minimind-3 (2026): Qwen3 names (`model.layers.N.self_attn.q_proj`, `q_norm`, ...,
+  - MINIMIND3, minimind-3v / minimind-3 (2026): Qwen3 names (`model.layers.N.self_attn.q_proj`, `q_norm`, ...,
     `vision_proj.mlp.*`); rotate_half RoPE; eps 1e-6; MoE top-1, no shared expert; saved in float16.
 
-Our decoder rotates the pairs (x[i], x[i + d/2]) (rotate_half). A's interleaved pairs become those pairs when the
+Our decoder rotates the pairs (x[i], x[i + d/2]) (rotate_half). MiniMind2's interleaved pairs become those pairs when the
 output rows of wq and wk are reordered inside each head to [0, 2, 4, ..., 1, 3, 5, ...]: q.k is a sum over rows,
 so the same reordering of q and k leaves every attention score unchanged, and each rotated pair lands where
 rotate_half expects it.
 
-The model's sizes come from the tensor shapes, never from constants. The one thing shapes cannot tell is A's
+The model's sizes come from the tensor shapes, never from constants. The one thing shapes cannot tell is MiniMind2's
 number of attention heads (dim = heads * head_dim, and any split fits); it defaults to the official 8.
 """
 from __future__ import annotations
@@ -26,11 +26,12 @@ from torch import Tensor
 from ..config import LLMConfig
 
 FORMATS = ("minimind2-v", "minimind3-v", "minimind-llm")
+MINIMIND2, MINIMIND3 = "minimind2", "minimind3"  # the two key layouts, by release
 OFFICIAL_HEADS = 8  # every published MiniMind2 / minimind-3 model has 8 query heads
 
 _L = r"layers\.(\d+)\."
 # (official key regex, our key template): `\1`, `\2` are the regex groups. Matched against the whole key.
-A_RULES = [
+MINIMIND2_RULES = [
     (r"tok_embeddings\.weight", "llm.embed_tokens.weight"),
     (r"output\.weight", "llm.lm_head.weight"),
     (r"norm\.weight", "llm.norm.weight"),
@@ -50,7 +51,7 @@ A_RULES = [
     (r"vision_proj\.vision_proj\.0\.(weight|bias)", r"projector.linear.\1"),
 ]
 _ML = r"model\.layers\.(\d+)\."
-B_RULES = [
+MINIMIND3_RULES = [
     (r"model\.embed_tokens\.weight", "llm.embed_tokens.weight"),
     (r"lm_head\.weight", "llm.lm_head.weight"),
     (r"model\.norm\.weight", "llm.norm.weight"),
@@ -65,8 +66,8 @@ B_RULES = [
 ]
 # Per-layout facts that are not in the tensors.
 LAYOUT_DEFAULTS = {
-    "A": dict(norm_eps=1e-5, top_k=2, aux_loss_coef=0.1),
-    "B": dict(norm_eps=1e-6, top_k=1, aux_loss_coef=5e-4),
+    MINIMIND2: dict(norm_eps=1e-5, top_k=2, aux_loss_coef=0.1),
+    MINIMIND3: dict(norm_eps=1e-6, top_k=1, aux_loss_coef=5e-4),
 }
 # Derived buffers some versions saved; they are recomputed, never loaded.
 _DERIVED = re.compile(r"(^|\.)(pos_cis|freqs_cis|freqs_cos|freqs_sin|inv_freq)$")
@@ -76,7 +77,7 @@ _DERIVED = re.compile(r"(^|\.)(pos_cis|freqs_cis|freqs_cos|freqs_sin|inv_freq)$"
 class Converted:
     """Official weights in our layout: `state_dict` keys are `llm.*` and (for a VLM) `projector.*`."""
 
-    layout: str  # "A" or "B"
+    layout: str  # MINIMIND2 or MINIMIND3
     llm: LLMConfig
     projector: str | None  # "linear" | "mlp" | None (LLM-only weights)
     projector_in: int | None  # the vision feature width the projector expects
@@ -103,27 +104,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Tensor]:
 def detect_layout(keys) -> str:
     keys = list(keys)
     if any(k.startswith("tok_embeddings.") or ".attention.wq." in k for k in keys):
-        return "A"
+        return MINIMIND2
     if any(k.startswith("model.embed_tokens.") or ".self_attn.q_proj." in k for k in keys):
-        return "B"
+        return MINIMIND3
     raise ValueError("these weights are neither MiniMind2 (tok_embeddings, layers.N.attention.wq, ...) nor "
                      f"minimind-3 (model.embed_tokens, model.layers.N.self_attn.q_proj, ...); first keys: {keys[:4]}")
 
 
 def layout_of_format(fmt: str, keys) -> str:
-    """Check that the weights match the format the user named; return "A" or "B"."""
+    """Check that the weights match the format the user named; return MINIMIND2 or MINIMIND3."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     layout = detect_layout(keys)
-    want = {"minimind2-v": "A", "minimind3-v": "B"}.get(fmt, layout)
+    want = {"minimind2-v": MINIMIND2, "minimind3-v": MINIMIND3}.get(fmt, layout)
     if layout != want:
-        named = {"A": "minimind2-v", "B": "minimind3-v"}[layout]
-        raise ValueError(f"--format {fmt} expects {'MiniMind2-V' if want == 'A' else 'minimind-3v'} key names, but "
+        named = {MINIMIND2: "minimind2-v", MINIMIND3: "minimind3-v"}[layout]
+        raise ValueError(f"--format {fmt} expects {'MiniMind2-V' if want == MINIMIND2 else 'minimind-3v'} key names, but "
                          f"these weights use the other layout: try --format {named}")
     has_proj = any(k.startswith("vision_proj.") for k in keys)
     if fmt == "minimind-llm" and has_proj:
         raise ValueError("these weights contain a vision projector: import them as a VLM "
-                         f"(--format {'minimind2-v' if layout == 'A' else 'minimind3-v'})")
+                         f"(--format {'minimind2-v' if layout == MINIMIND2 else 'minimind3-v'})")
     if fmt != "minimind-llm" and not has_proj:
         raise ValueError("these weights have no vision_proj.* keys: they are an LLM alone; "
                          "import them with --format minimind-llm")
@@ -132,7 +133,7 @@ def layout_of_format(fmt: str, keys) -> str:
 
 def rename(sd: dict[str, Tensor], layout: str) -> dict[str, Tensor]:
     """Official names -> ours. Every key must match a rule: a leftover key means a layout we do not know."""
-    rules = [(re.compile(pat), repl) for pat, repl in (A_RULES if layout == "A" else B_RULES)]
+    rules = [(re.compile(pat), repl) for pat, repl in (MINIMIND2_RULES if layout == MINIMIND2 else MINIMIND3_RULES)]
     out, unknown = {}, []
     for key, value in sd.items():
         if key.startswith("vision_encoder.") or _DERIVED.search(key):
@@ -171,7 +172,7 @@ def infer_llm_config(sd: dict[str, Tensor], layout: str, n_heads: int | None = N
         raise ValueError(f"q_proj has {q_rows} output rows but the hidden size is {dim}; "
                          "heads * head_dim != hidden size is not supported")
     qk_norm = "llm.layers.0.attn.q_norm.weight" in sd
-    if qk_norm:  # B stores head_dim in the q/k-norm weights, which settles the head count
+    if qk_norm:  # minimind-3 stores head_dim in the q/k-norm weights, which settles the head count
         head_dim = shape("llm.layers.0.attn.q_norm.weight")[0]
         derived = dim // head_dim
         if n_heads is not None and n_heads != derived:
@@ -207,13 +208,13 @@ def convert(sd: dict[str, Tensor], fmt: str, n_heads: int | None = None, top_k: 
     """An official state dict (as loaded) -> our layout, config and projector kind. Works on meta tensors too."""
     layout = layout_of_format(fmt, sd.keys())
     ours = rename(sd, layout)
-    # A float16 release (B) is computed in fp32 here like every other checkpoint.
+    # A float16 release (minimind-3) is computed in fp32 here like every other checkpoint.
     ours = {k: v.float() if v.is_floating_point() else v for k, v in ours.items()}
     head = ours.get("llm.lm_head.weight")
     if head is not None and _same(head, ours.get("llm.embed_tokens.weight")):
         del ours["llm.lm_head.weight"]  # both releases save the tied head twice; we store it once
     cfg = infer_llm_config(ours, layout, n_heads, top_k)
-    if layout == "A":
+    if layout == MINIMIND2:
         for i in range(cfg.n_layers):
             for p in ("q", "k"):
                 key = f"llm.layers.{i}.attn.{p}_proj.weight"

@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from ..config import options_from
+from ..config import IMAGE_MARKER, options_from
 
 if TYPE_CHECKING:
     from .stage import StageOptions
@@ -121,7 +121,7 @@ def run_tokenizer(args: argparse.Namespace) -> int:
                 convs = parse_conversations(row.get("conversations"))
             except BadRow:
                 continue
-            yield from (m["content"].replace("<image>", " ") for m in convs if isinstance(m["content"], str))
+            yield from (m["content"].replace(IMAGE_MARKER, " ") for m in convs if isinstance(m["content"], str))
 
     tok = train_tokenizer(texts(), vocab_size=args.vocab_size, out_dir=args.out)
     print(json.dumps({"out": args.out, "vocab": len(tok), "rows": n}))

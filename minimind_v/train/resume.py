@@ -4,12 +4,18 @@
 and, in its header, JSON for the rest (optimizer hyper-parameters, step, data position, GradScaler, Python and
 numpy RNG, skip counts). It is written to a temporary name and renamed over the old one, so a crash mid-write
 leaves the previous checkpoint intact. Nothing is pickled: loading a checkpoint cannot run code.
+
+The trainer's two resume-side pieces live here too: `resume_step` (load the file, say where to continue) and
+`CtrlCGuard` (a first Ctrl-C asks for a checkpoint after the current step).
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import signal
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,9 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..data.robust import SkipTally
+from .distributed import Dist
 
 STATE_FILE = "resume.safetensors"
 
@@ -117,3 +126,64 @@ def _jsonable(x: Any) -> Any:
 
 def _tupled(x: Any) -> Any:
     return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
+
+
+@dataclass
+class Start:
+    """Where a run starts: optimizer step, samples already seen (all processes), seconds already spent."""
+
+    step: int = 0
+    samples: int = 0
+    elapsed_s: float = 0.0
+
+
+def resume_step(state_path: Path | None, model: nn.Module, opt: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler | None, stage: str, batch_size: int, accum: int, dist: Dist,
+                tally: SkipTally) -> Start:
+    """Load `resume.safetensors` into model, optimizer, scaler, RNG and tally; where to continue from.
+
+    `batch_size` is per micro-batch and process, `accum` micro-batches per optimizer step."""
+    if state_path is None:
+        raise ValueError("resume needs the run directory that holds resume.safetensors")
+    meta = load_state(state_path, model, opt, scaler)
+    if meta["stage"] != stage:
+        raise ValueError(f"{state_path} belongs to stage {meta['stage']!r}, not {stage!r}")
+    global_batch = batch_size * dist.world
+    # The data position is kept in samples, so a different number of processes resumes at the same place.
+    start = Start(meta["step"], meta["samples"] // global_batch * global_batch, meta.get("elapsed_s", 0.0))
+    if meta["world"] != dist.world:  # another process count: the same share of the data, so the same lr
+        start.step = start.samples // (global_batch * accum)
+        if dist.main:
+            print(f"resuming {meta['world']}-process step {meta['step']} as step {start.step} on "
+                  f"{dist.world} processes", flush=True)
+    if dist.main:  # the tally of every process was combined into the checkpoint: restore it once
+        tally.merge(meta["skipped"])
+    set_rng_state(meta["rng"][min(dist.rank, len(meta["rng"]) - 1)])
+    return start
+
+
+class CtrlCGuard:
+    """Turns the first Ctrl-C into a request to stop after the current step (and save); a second one quits.
+
+    Only installed where it can be: in the main thread, and when there is a run directory to save into.
+    """
+
+    def __init__(self, enabled: bool, say: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.say, self.pressed, self.old = say, False, None
+
+    def __enter__(self) -> "CtrlCGuard":
+        if self.enabled:
+            self.old = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.old)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt  # a second Ctrl-C: give up on saving
+        self.pressed = True
+        if self.say:
+            print("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)", flush=True)

@@ -23,19 +23,19 @@ from typing import Any
 
 import torch
 
-from ..config import VLMConfig, llm_preset
-from ..data.collate import SampleEncoder
+from ..config import IMAGE_TOKEN, VLMConfig, llm_preset
+from ..data.batches import PackCollate, PadCollate
+from ..data.encode import SampleEncoder
 from ..data.feature_cache import CachedSampleEncoder, FeatureCache, FeatureFiller, encoder_key
 from ..data.formats import SampleReader
-from ..data.packing import PackCollate, PadCollate
 from ..data.robust import RowDataset
 from ..data.synthetic import WORDS, synthetic_rows, write_parquet
 from ..data.tokenizer import train_tokenizer
 from ..encoder_files import write_random_encoder
 from ..model.vlm import MiniMindVLM
+from .freeze import apply_freeze
 from .optim import make_optimizer
 from .recipes import vision_recipe
-from .freeze import apply_freeze
 from .trainer import LossModule, TrainConfig
 
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     recipe = vision_recipe(a.encoder)
     enc_dir = random_encoder(a.encoder, tmp / a.encoder)
     cfg = VLMConfig(llm=llm_preset(a.preset, vocab_size=6400), vision=recipe.vision_config(str(enc_dir)),
-                    projector=recipe.projector, image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"))
+                    projector=recipe.projector, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN))
     torch.manual_seed(0)
     model = MiniMindVLM(cfg)
     init = {k: v.clone() for k, v in model.state_dict().items()}

@@ -18,23 +18,23 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import VLMConfig, llm_preset, padded_vocab
-from ..data.collate import SampleEncoder
+from ..config import IMAGE_TOKEN, VLMConfig, llm_preset, padded_vocab
+from ..data.batches import PackCollate, PadCollate
+from ..data.encode import SampleEncoder
 from ..data.feature_cache import CachedSampleEncoder, FeatureCache, FeatureFiller, encoder_key
 from ..data.formats import SampleReader
-from ..data.packing import PackCollate, PadCollate
 from ..data.robust import RowDataset, SkipCollate, TextEncoder
 from ..data.tokenizer import load_tokenizer
 from ..device import pick_device
 from ..model.checkpoint import load_llm_weights, load_run, save_llm_run, save_run
 from ..model.vlm import MiniMindVLM
-from ..runs import read_llm
+from ..runs import read_llm, write_text
 from .distributed import close_distributed, init_distributed
+from .freeze import apply_freeze
 from .lm_only import LMOnly, load_llm_run
 from .loader import EpochLoader
 from .recipes import STAGE_DEFAULTS, vision_recipe
 from .resume import STATE_FILE
-from .freeze import apply_freeze
 from .trainer import TrainConfig, train
 
 LLM_STAGES = ("llm-pretrain", "llm-sft")
@@ -116,9 +116,9 @@ def build_model(opts: StageOptions, say: Callable[[str], None]) -> tuple[torch.n
     recipe = vision_recipe(opts.vision)
     llm_cfg, weights = read_llm(opts.from_llm)
     tok = load_tokenizer(opts.from_llm)
-    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
     if image_id is None or image_id == tok.unk_token_id:
-        raise ValueError("the LLM's tokenizer has no <|image_pad|> token")
+        raise ValueError(f"the LLM's tokenizer has no {IMAGE_TOKEN} token")
     cfg = VLMConfig(llm=llm_cfg, vision=recipe.vision_config(str(Path(opts.vision_path).resolve()), opts.merge),
                     projector=opts.projector or recipe.projector, image_token_id=image_id)
     model = MiniMindVLM(cfg)
@@ -192,8 +192,8 @@ def run_stage(opts: StageOptions, say: Callable[[str], None] = print) -> dict[st
             say(f"{opts.stage}: {len(loader.dataset)} rows, {steps} steps x {batch} x {opts.accum} accum x "
                 f"{dist.world} processes on {device} ({dtype}); trainable {counts}; max_len {max_len}"
                 f"{'; packed' if opts.pack else ''}")
-            (out / "stage.json").write_text(json.dumps({"stage": opts.stage, "opts": dataclasses.asdict(opts),
-                                                        "train": dataclasses.asdict(cfg)}, indent=2, default=str))
+            write_text(out / "stage.json", json.dumps({"stage": opts.stage, "args": dataclasses.asdict(opts),
+                                                       "train": dataclasses.asdict(cfg)}, indent=2, default=str))
         extra = {"stage": opts.stage, "source": str(opts.from_run or opts.from_llm or opts.tokenizer or "")}
 
         def export(m: torch.nn.Module) -> None:

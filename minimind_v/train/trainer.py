@@ -11,8 +11,6 @@ gradient mean is undone by multiplying by the world size), so 1 process x batch 
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,13 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.collate import IGNORE
+from ..data.chat import IGNORE_INDEX
 from ..data.robust import SkipTally
 from ..device import autocast
 from .distributed import Dist
 from .metrics_log import MetricsLog
-from .optim import lr_at, make_optimizer  # noqa: F401  (part of this module's interface)
-from .resume import STATE_FILE, load_state, rng_state, save_state, set_rng_state
+from .optim import lr_at, make_optimizer
+from .resume import STATE_FILE, CtrlCGuard, Start, resume_step, rng_state, save_state
 
 
 @dataclass
@@ -69,7 +67,7 @@ class LossModule(nn.Module):
         # already keeps real tokens blind to what follows them, and SDPA stays on its fast kernels.
         out = m(batch["input_ids"], pixels, logits_to_keep=1, **kw)
         targets = batch["labels"][:, 1:]
-        keep = targets != IGNORE
+        keep = targets != IGNORE_INDEX
         logits = m.llm.lm_head(out.hidden[:, :-1][keep]).float()
         loss_sum = F.cross_entropy(logits, targets[keep], reduction="sum")
         projector = getattr(m, "projector", None)
@@ -123,66 +121,7 @@ class Feed:
 
 def labelled_tokens(batches: list[dict[str, Any]]) -> int:
     """Tokens with a next-token label, counted on the host (no device synchronisation)."""
-    return sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-
-
-@dataclass
-class Start:
-    """Where a run starts: optimizer step, samples already seen (all processes), seconds already spent."""
-
-    step: int = 0
-    samples: int = 0
-    elapsed_s: float = 0.0
-
-
-def resume_step(state_path: Path | None, model: nn.Module, opt: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler | None, cfg: TrainConfig, stage: str, dist: Dist,
-                tally: SkipTally) -> Start:
-    """Load `resume.safetensors` into model, optimizer, scaler, RNG and tally; where to continue from."""
-    if state_path is None:
-        raise ValueError("resume needs the run directory that holds resume.safetensors")
-    meta = load_state(state_path, model, opt, scaler)
-    if meta["stage"] != stage:
-        raise ValueError(f"{state_path} belongs to stage {meta['stage']!r}, not {stage!r}")
-    global_batch = cfg.batch_size * dist.world
-    # The data position is kept in samples, so a different number of processes resumes at the same place.
-    start = Start(meta["step"], meta["samples"] // global_batch * global_batch, meta.get("elapsed_s", 0.0))
-    if meta["world"] != dist.world:  # another process count: the same share of the data, so the same lr
-        start.step = start.samples // (global_batch * cfg.accum)
-        if dist.main:
-            print(f"resuming {meta['world']}-process step {meta['step']} as step {start.step} on "
-                  f"{dist.world} processes", flush=True)
-    if dist.main:  # the tally of every process was combined into the checkpoint: restore it once
-        tally.merge(meta["skipped"])
-    set_rng_state(meta["rng"][min(dist.rank, len(meta["rng"]) - 1)])
-    return start
-
-
-class CtrlCGuard:
-    """Turns the first Ctrl-C into a request to stop after the current step (and save); a second one quits.
-
-    Only installed where it can be: in the main thread, and when there is a run directory to save into.
-    """
-
-    def __init__(self, enabled: bool, say: bool):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.say, self.pressed, self.old = say, False, None
-
-    def __enter__(self) -> "CtrlCGuard":
-        if self.enabled:
-            self.old = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGINT, self.old)
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.pressed:
-            raise KeyboardInterrupt  # a second Ctrl-C: give up on saving
-        self.pressed = True
-        if self.say:
-            print("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)", flush=True)
+    return sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
 
 
 @dataclass
@@ -272,7 +211,8 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
     opt = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type) if cfg.dtype == "fp16" else None
     state_path = Path(run_dir) / STATE_FILE if run_dir else None
-    start = resume_step(state_path, model, opt, scaler, cfg, stage, dist, tally) if resume else Start()
+    start = (resume_step(state_path, model, opt, scaler, stage, cfg.batch_size, cfg.accum, dist, tally)
+             if resume else Start())
     feed = Feed(batches, start.samples, cfg.batch_size * dist.world, tally)
     step_once = Stepper(model, loss_step_fn(model, device, dist), opt, scaler, cfg, dist, device)
     log = MetricsLog(metrics_path if dist.main else None, to=log_to if dist.main else "",

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data import world
+from ..data.chat import IGNORE_INDEX
 from ..data.digits import load_digit_split, render_digit
 from ..model.vision import VisionEncoder
 
@@ -49,14 +50,14 @@ def _batch(enc: VisionEncoder, rng: random.Random, n: int, digits: tuple[np.ndar
         if rng.random() < digit_share:
             k = rng.randrange(len(digits[1]))
             images.append(render_digit(digits[0][k], size=rng.choice([32, 64, 96, 128])))
-            targets.append(torch.full((9, 3), -100, dtype=torch.long))
+            targets.append(torch.full((9, 3), IGNORE_INDEX, dtype=torch.long))
             dlabels.append(int(digits[1][k]))
         else:
             scene = world.sample_scene(rng)
             size = rng.choice([48, 64, 80, 96, 112, 128])  # the processor rescales: learn every source size
             images.append(world.render(scene, size=size, rng=rng, jitter=True))
             targets.append(scene_targets(scene))
-            dlabels.append(-100)
+            dlabels.append(IGNORE_INDEX)
     return {"pixels": enc.preprocess(images), "cells": torch.stack(targets), "digit": torch.tensor(dlabels)}
 
 
@@ -84,7 +85,7 @@ def pretrain_vision(enc: VisionEncoder, *, steps: int, batch_size: int = 64, lr:
         loss = 0.0
         for j, head in enumerate((heads.color, heads.shape, heads.size)):
             logits = head(feats)
-            loss = loss + F.cross_entropy(logits.flatten(0, 1), cells[..., j].flatten(), ignore_index=-100)
+            loss = loss + F.cross_entropy(logits.flatten(0, 1), cells[..., j].flatten(), ignore_index=IGNORE_INDEX)
             ok = cells[..., j] > 0  # accuracy on objects only: empty cells are most cells and easy
             if ok.any():
                 a = (logits.argmax(-1)[ok] == cells[..., j][ok]).float().mean().item()
@@ -94,7 +95,7 @@ def pretrain_vision(enc: VisionEncoder, *, steps: int, batch_size: int = 64, lr:
         dl = heads.digit(feats.mean(1))
         dig = b["digit"].to(device)
         if (dig >= 0).any():
-            loss = loss + F.cross_entropy(dl, dig, ignore_index=-100)
+            loss = loss + F.cross_entropy(dl, dig, ignore_index=IGNORE_INDEX)
             a = (dl.argmax(-1)[dig >= 0] == dig[dig >= 0]).float().mean().item()
             acc["digit"] = 0.9 * acc.get("digit", a) + 0.1 * a
         opt.zero_grad(set_to_none=True)
@@ -116,7 +117,7 @@ def probe_vision(enc: VisionEncoder, heads: CellHeads, n: int = 256, image_size:
 
     images, targets = [], []
     for i in range(n):
-        scene = world.sample_scene(random.Random(world.eval_seed(10_000_000 + i)))
+        scene = world.sample_scene(random.Random(world.eval_seed(world.PROBE_SEED_OFFSET + i)))
         images.append(world.render(scene, size=image_size, **EVAL_STYLE))
         targets.append(scene_targets(scene))
     device = next(enc.parameters()).device

@@ -1,9 +1,8 @@
-"""From conversations with images to padded tensors.
+"""One training sample, from a conversation with images to tensors.
 
 `SampleEncoder` runs per sample (inside DataLoader workers): it tokenises the conversation with assistant-only
-labels and preprocesses the images with the encoder's own processor. `collate` pads a batch only to its longest
-sample, never to the maximum length, and flattens the batch's images in reading order for the VLM's splice
-(`packing.py` has the packed layout too).
+labels and preprocesses the images with the encoder's own processor. Making batches of the results is
+`batches.py`.
 """
 from __future__ import annotations
 
@@ -13,9 +12,8 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from ..config import IMAGE_TOKEN
 from .chat import count_markers, encode_conversation
-
-IGNORE = -100
 
 
 @dataclass
@@ -23,7 +21,7 @@ class SampleEncoder:
     tokenizer: Any
     preprocess: Callable[[list[Image.Image]], torch.Tensor]
     tokens_per_image: int
-    image_token: str = "<|image_pad|>"
+    image_token: str = IMAGE_TOKEN
     max_len: int = 512
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -38,10 +36,3 @@ class SampleEncoder:
         if images:
             out["pixel_values"] = self.preprocess(images)
         return out
-
-
-def collate(batch: list[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample; attention_mask marks real tokens; images concatenated in order."""
-    from .packing import PadCollate  # packing.py holds both batch layouts (padded and packed)
-
-    return PadCollate(pad_id)(batch)

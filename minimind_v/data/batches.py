@@ -1,5 +1,7 @@
 """From encoded samples to batch rows: padded (one sample per row) or packed (several per row).
 
+Padding goes only to the batch's longest sample, never to the maximum length (unless `pad_to` asks).
+
 Packing puts the batch's samples into as few rows of at most `max_len` tokens as first-fit-decreasing finds.
 `doc_ids` number the samples inside each row; the decoder turns them into a block-diagonal causal mask and
 restarts positions at 0 for each sample, so a packed sample sees exactly what it would see alone in a padded
@@ -17,9 +19,7 @@ from typing import Any
 
 import torch
 
-from .collate import IGNORE
-
-IMAGE_KEYS = ("pixel_values", "vision_feats", "fill_index", "image_keys")
+from .chat import IGNORE_INDEX
 
 
 def gather_images(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class PadCollate:
         longest = max(self.pad_to, *(len(s["input_ids"]) for s in samples))
         n = len(samples)
         input_ids = torch.full((n, longest), pad, dtype=torch.long)
-        labels = torch.full((n, longest), IGNORE, dtype=torch.long)
+        labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((n, longest), dtype=torch.long)
         for i, s in enumerate(samples):
             t = len(s["input_ids"])
@@ -93,15 +93,20 @@ class PackCollate:
         width = max(sum(len(samples[i]["input_ids"]) for i in b) for b in bins)
         n = len(bins)
         input_ids = torch.full((n, width), pad, dtype=torch.long)
-        labels = torch.full((n, width), IGNORE, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
         doc_ids = torch.full((n, width), -1, dtype=torch.long)  # padding is a document of its own
         for r, b in enumerate(bins):
             t = 0
             for d, i in enumerate(b):
                 ids, lab = samples[i]["input_ids"], samples[i]["labels"].clone()
-                lab[0] = IGNORE  # nothing before a sample's first token belongs to it
+                lab[0] = IGNORE_INDEX  # nothing before a sample's first token belongs to it
                 input_ids[r, t:t + len(ids)], labels[r, t:t + len(ids)], doc_ids[r, t:t + len(ids)] = ids, lab, d
                 t += len(ids)
         ordered = [samples[i] for b in bins for i in b]
         return {"input_ids": input_ids, "labels": labels, "doc_ids": doc_ids,
                 "attention_mask": (doc_ids >= 0).long(), **gather_images(ordered)}
+
+
+def collate(batch: list[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sample; attention_mask marks real tokens; images concatenated in order."""
+    return PadCollate(pad_id)(batch)
