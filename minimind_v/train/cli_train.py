@@ -17,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="autocast precision")
     p.add_argument("--sft-steps", type=int, default=None, help="override the SFT step count")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers rendering the data")
+    p.add_argument("--seed", type=int, default=None,
+                   help="training seed (default 0): initial weights and training scenes; the evaluation is unchanged")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     p.set_defaults(func=run)
     _add_train_parser(sub)
@@ -30,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
         qs.sft = dataclasses.replace(qs.sft, steps=args.sft_steps)
     if args.workers is not None:
         qs.workers = args.workers
+    if args.seed is not None:
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        qs.seed = args.seed
     run_quickstart(args.out, qs, device=args.device, evaluate=not args.no_eval)
     return 0
 
