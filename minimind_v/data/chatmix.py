@@ -39,11 +39,21 @@ def _train_scene(rng: random.Random):
     return sample_scene(random.Random(train_seed(rng.getrandbits(48))))
 
 
+# A dialogue's text is capped: with the wordings' polite frames and longer answers six turns could outgrow the
+# quickstart's rows of 256 tokens, and a sample longer than a row is an error, not a truncation.
+DIALOGUE_CHARS = 400
+
+
 def _turns(qas: list[QA], rng: random.Random, canonical: float, n_images: int) -> list[dict]:
-    conv = []
+    """The questions as user/assistant turns, each in the contract's wording with probability `canonical`, else
+    in a training wording; turns past DIALOGUE_CHARS characters are left out (the first one never)."""
+    conv, chars = [], 0
     for i, qa in enumerate(qas):
         if rng.random() >= canonical:
             qa = paraphrase(qa, rng)
+        chars += len(qa.question) + len(qa.answer)
+        if i and chars > DIALOGUE_CHARS:
+            break
         conv.append({"role": "user", "content": (IMAGE * n_images if i == 0 else "") + qa.question})
         conv.append({"role": "assistant", "content": qa.answer})
     return conv
