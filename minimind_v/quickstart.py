@@ -27,7 +27,7 @@ from .data.tokenizer import train_tokenizer
 from .data.world import STAGE_SEED_BLOCK, TOKENIZER_CORPUS_SEED
 from .device import pick_device
 from .eval.grid import draw_grid, pick_examples
-from .eval.shapes import evaluate_shapes, markdown_table
+from .eval.shapes import evaluate_shapes, report_markdown
 from .infer.api import VLMChat
 from .model.checkpoint import save_run
 from .model.vlm import MiniMindVLM
@@ -53,6 +53,7 @@ class QuickstartConfig:
     eval_digits: int = 360  # the whole held-out digit split
     workers: int = 1
     dtype: str = "fp32"
+    seed: int = 0  # training seed: the initial weights and every training scene (evaluation scenes never change)
 
 
 QUICKSTART_PRESETS: dict[str, QuickstartConfig] = {
@@ -76,6 +77,14 @@ def corpus(n: int, seed: int = TOKENIZER_CORPUS_SEED) -> list[str]:
     return texts
 
 
+def stage_offset(seed: int, stage: int) -> int:
+    """Where a stage's training samples start: each stage and each training seed reads its own stretch of
+    training scenes (1e8 samples apart, far more than a stage draws)."""
+    if seed < 0 or not 0 <= stage < 10:
+        raise ValueError(f"seed must be >= 0 and stage in 0..9, got seed={seed}, stage={stage}")
+    return seed * 10 * STAGE_SEED_BLOCK + (stage + 1) * STAGE_SEED_BLOCK
+
+
 def loader(model: MiniMindVLM, tok: Any, cfg: TrainConfig, kinds: str, qs: QuickstartConfig,
            offset: int) -> DataLoader:
     enc = SampleEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, qs.max_len)
@@ -93,7 +102,7 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
     run.mkdir(parents=True, exist_ok=True)
     metrics = run / "metrics.jsonl"
     metrics.write_text("")
-    torch.manual_seed(0)
+    torch.manual_seed(qs.seed)
 
     def log(row: dict[str, Any]) -> None:
         with open(metrics, "a") as f:
@@ -109,7 +118,8 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
         f"{sum(p.numel() for p in model.vision.parameters()) / 1e6:.2f}M; {model.tokens_per_image} tokens/image")
 
     say(f"[2/6] vision: the encoder learns to see ({qs.vision_steps} steps)")
-    _, heads = pretrain_vision(model.vision, steps=qs.vision_steps, batch_size=qs.vision_batch, device=dev, log=log)
+    _, heads = pretrain_vision(model.vision, steps=qs.vision_steps, batch_size=qs.vision_batch, seed=qs.seed,
+                               device=dev, log=log)
     probe = probe_vision(model.vision, heads, image_size=qs.vision.image_size)
     log({"stage": "vision_probe", **probe})
     say("      held-out per-object accuracy of the encoder's tokens: "
@@ -119,7 +129,7 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
         tcfg = dataclasses.replace(tcfg, dtype=qs.dtype)
         counts = apply_freeze(model, freeze_llm=0, train_vision=False)
         say(f"[{3 + i}/6] {stage}: {tcfg.steps} steps x {tcfg.batch_size}; trainable {counts}")
-        dl = loader(model, tok, tcfg, kinds, qs, offset=(i + 1) * STAGE_SEED_BLOCK)
+        dl = loader(model, tok, tcfg, kinds, qs, offset=stage_offset(qs.seed, i))
         train(model, dl, tcfg, device=dev, metrics_path=metrics, stage=stage)
 
     model.eval()
@@ -141,7 +151,7 @@ def _evaluate(model: MiniMindVLM, tok: Any, dev: torch.device, qs: QuickstartCon
     ev = evaluate_shapes(VLMChat(model, tok, dev), n_per_kind=qs.eval_per_kind, image_size=qs.vision.image_size,
                          n_digits=qs.eval_digits)
     (run / "eval.json").write_text(json.dumps({k: v for k, v in ev.items() if k != "items"}, indent=1))
-    table = markdown_table(ev["summary"])
+    table = report_markdown(ev)
     (run / "eval.md").write_text(table + "\n")
     shown = [{**r, "images": it["images"], "expected": r["key"]} for r, it in zip(ev["rows"], ev["items"])]
     draw_grid([shown[i] for i in pick_examples(shown, 12)], run / "eval_grid.png")
@@ -165,6 +175,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="autocast precision")
     p.add_argument("--sft-steps", type=int, default=None, help="override the SFT step count")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers rendering the data")
+    p.add_argument("--seed", type=int, default=None,
+                   help="training seed (default 0): initial weights and training scenes; the evaluation is unchanged")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     p.set_defaults(func=run)
 
@@ -177,5 +189,9 @@ def run(args: argparse.Namespace) -> int:
         qs.sft = dataclasses.replace(qs.sft, steps=args.sft_steps)
     if args.workers is not None:
         qs.workers = args.workers
+    if args.seed is not None:
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        qs.seed = args.seed
     run_quickstart(args.out, qs, device=args.device, evaluate=not args.no_eval)
     return 0

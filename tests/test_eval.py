@@ -90,8 +90,10 @@ def test_evaluate_jsonl_scores_and_table(tmp_path):
 
 def test_shapes_items_cover_every_kind_and_digits():
     items = shapes_items(n_per_kind=2, seed=3, image_size=48, n_digits=5)
-    kinds = [it["kind"] for it in items]
+    kinds = [it["kind"] for it in items if it["wording"] == "canonical"]
     assert set(kinds) == set(KINDS) and kinds.count("digit") == 5
+    unseen = [it["kind"] for it in items if it["wording"] == "unseen"]
+    assert set(unseen) == set(KINDS) and unseen.count("digit") == 2  # n_per_kind digits in unseen wordings
     assert all(im.size == (48, 48) for it in items for im in it["images"])
     again = shapes_items(n_per_kind=2, seed=3, image_size=48, n_digits=5)
     assert [it["question"] for it in again] == [it["question"] for it in items]
@@ -145,3 +147,65 @@ def test_eval_command_refuses_nothing_to_do(tiny_run, tmp_path, capsys):
     assert main(["eval", "--model", str(tiny_run), "--no-shapes"]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
     assert main(["eval", "--model", str(tiny_run), "--data", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_confusion_summary_and_unseen_table():
+    from minimind_v.eval.shapes import confusion, confusion_markdown, report_markdown, summarise
+    rows = [{"kind": "color", "key": "red", "answer": "The circle is orange.", "score": 0.0},
+            {"kind": "color", "key": "red", "answer": "It is orange.", "score": 0.0},
+            {"kind": "color", "key": "blue", "answer": "Hmm.", "score": 0.0},
+            {"kind": "color", "key": "blue", "answer": "Blue.", "score": 1.0},
+            {"kind": "color", "key": "blue", "answer": "It is red.", "score": 0.0, "wording": "unseen"},
+            {"kind": "absent", "key": "circle", "answer": "The circle is red.", "score": 0.0},
+            {"kind": "caption", "key": "A red circle.", "answer": "A blue circle.", "score": 0.0},
+            {"kind": "color", "key": "red", "answer": "Red.", "score": 1.0, "wording": "unseen"}]
+    conf = confusion(rows)
+    assert conf == {"absent": {"not there -> red": 1}, "color": {"red -> orange": 2, "blue -> unparsed": 1},
+                    "color@unseen": {"blue -> red": 1}}
+    assert list(conf["color"]) == ["red -> orange", "blue -> unparsed"]  # most frequent first
+    assert "- color (3 wrong): red -> orange x2, blue -> unparsed x1" in confusion_markdown(conf)
+    assert confusion_markdown({}) == "No wrong answers."
+    ev = {"summary": summarise(rows, "canonical"), "unseen": summarise(rows, "unseen"), "confusion": conf}
+    assert ev["summary"]["color"] == {"n": 4, "score": 0.25} and ev["unseen"]["color"] == {"n": 2, "score": 0.5}
+    md = report_markdown(ev)
+    assert "| color | 2 | 0.250 | 0.500 |" in md and "| mean over kinds (target 0.85) |  |  | 0.500 |" in md
+    assert "blue -> unparsed" in md
+
+
+def test_across_runs_mean_and_minimum():
+    from minimind_v.eval.across_runs import across_runs, across_runs_markdown
+    reports = {f"seed{i}": {"summary": {"color": {"n": 4, "score": s}, "count": {"n": 4, "score": 1.0}},
+                            "unseen": {"color": {"n": 4, "score": s / 2}, "caption": {"n": 4, "score": 0.9}}}
+               for i, s in enumerate((1.0, 0.5, 0.75))}
+    summary = across_runs(reports)
+    assert summary["runs"] == ["seed0", "seed1", "seed2"]
+    assert summary["canonical"]["color"] == {"n": 4, "scores": [1.0, 0.5, 0.75], "mean": 0.75, "min": 0.5}
+    assert summary["unseen_mean"]["scores"] == pytest.approx([0.7, 0.575, 0.6375])
+    assert summary["unseen_mean"]["min"] == pytest.approx(0.575)
+    md = across_runs_markdown(summary)
+    assert "| kind | n | seed0 | seed1 | seed2 | mean | min | target | met (min) |" in md
+    assert "| color | 4 | 1.000 | 0.500 | 0.750 | 0.750 | 0.500 | 0.95 | no |" in md
+    assert "| count | 4 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 0.90 | yes |" in md
+    assert "| caption | 4 | 0.900 | 0.900 | 0.900 | 0.900 | 0.900 | 0.85 | yes |" in md
+    assert "| mean over kinds |  | 0.700 | 0.575 |" in md and md.rstrip().endswith("| 0.575 | 0.85 | no |")
+    with pytest.raises(ValueError, match="at least one"):
+        across_runs({})
+
+
+def test_eval_command_over_several_runs(tmp_path, capsys):
+    from conftest import build_tiny_run
+    runs = [build_tiny_run(tmp_path / name, seed=i) for i, name in enumerate(("s0", "s1"))]
+    args = ["eval", "--model", *map(str, runs), "--n-per-kind", "1", "--digits", "1", "--image-size", "32",
+            "--grid", "0", "--device", "cpu", "--max-new-tokens", "3", "--caption-tokens", "4"]
+    assert main(args + ["--out", str(tmp_path / "all")]) == 0
+    summary = json.loads((tmp_path / "all" / "eval_runs.json").read_text())
+    assert summary["runs"] == ["s0", "s1"] and set(summary["canonical"]) == set(KINDS)
+    assert set(summary["unseen"]) == set(KINDS) and len(summary["unseen_mean"]["scores"]) == 2
+    for i, name in enumerate(("s0", "s1")):  # each run's own report, and the table reads from it
+        shapes = json.loads((tmp_path / "all" / name / "eval.json").read_text())["shapes"]
+        assert summary["canonical"]["count"]["scores"][i] == shapes["summary"]["count"]["score"]
+        assert summary["unseen"]["count"]["scores"][i] == shapes["unseen"]["count"]["score"]
+    md = (tmp_path / "all" / "eval_runs.md").read_text()
+    assert "| s0 | s1 | mean | min |" in md and "Unseen wordings" in md
+    assert "eval_runs.md" in capsys.readouterr().out
+    assert main(args[:2] + [str(runs[0]), str(runs[0])] + args[4:]) != 0  # the same run twice is an error

@@ -82,3 +82,30 @@ def test_bad_input_is_a_clear_error():
         score("colour", "red", "red")
     with pytest.raises(ValueError, match="key"):
         score("exists", "yes", "maybe")
+
+
+@pytest.mark.parametrize("answer,key,expected", [
+    ("There is no circle in the image.", "circle", 1.0), ("No.", "circle", 1.0),
+    ("I can't find a red square here.", "red square", 1.0), ("There isn't one.", "blue cross", 1.0),
+    ("None of the shapes is a circle.", "circle", 1.0), ("I do not see a green object.", "green object", 1.0),
+    ("The circle is red.", "circle", 0.0),  # an invented colour, no denial
+    ("There is no circle, it is red.", "circle", 0.0),  # denies, yet gives it a colour
+    ("No, the red square is at the top left.", "red square", 0.0),  # a place for what is not there
+    ("It is small.", "blue cross", 0.0), ("No, it is small.", "blue cross", 0.0),
+    ("Nothing of that kind.", "red square", 1.0), ("Notable.", "circle", 0.0),  # whole words only
+])
+def test_absent_needs_a_denial_and_no_invented_attribute(answer, key, expected):
+    assert score("absent", answer, key) == expected
+
+
+def test_read_key_reads_what_the_rule_reads():
+    from minimind_v.eval.score import read_key
+    assert read_key("color", "It is red or blue.") == "blue+red" and read_key("color", "Hm.") == "unparsed"
+    assert read_key("position", "At the top left.") == "top left" and read_key("count", "Three.") == "3"
+    assert read_key("exists", "No, yes.") == "no" and read_key("which_has", "The other.") == "unparsed"
+    assert read_key("absent", "There is no circle.", "circle") == "not there"
+    assert read_key("absent", "The circle is red and small.", "circle") == "red+small"
+    assert read_key("absent", "The red square is on the left.", "red square") == "left"
+    assert read_key("caption", "a red circle") == "-"
+    with pytest.raises(ValueError, match="unknown kind"):
+        read_key("colour", "red")

@@ -309,14 +309,15 @@ def test_eval_items_held_out_balanced_and_deterministic():
     again = eval_items(8, seed=0, image_size=48)
     assert [(i["question"], i["key"]) for i in items] == [(i["question"], i["key"]) for i in again]
     assert all(a["images"][0].tobytes() == b["images"][0].tobytes() for a, b in zip(items, again))
-    kinds = {}
+    kinds, unseen = {}, {}
     for it in items:
-        kinds.setdefault(it["kind"], []).append(it["key"])
+        (kinds if it["wording"] == "canonical" else unseen).setdefault(it["kind"], []).append(it["key"])
         assert it["question"].count("<image>") == len(it["images"]) and it["question"].startswith(IMAGE)
         assert score(it["kind"], it["answer"], it["key"]) == 1.0
     assert len(kinds["digit"]) == 360 and all(len(v) == 8 for k, v in kinds.items() if k != "digit")
     assert set(kinds) == {"color", "shape", "count", "count_color", "exists", "position", "size", "caption",
-                          "compare_count", "which_has", "both_have", "digit"}
+                          "compare_count", "which_has", "both_have", "digit", "absent"}
+    assert unseen == kinds | {"digit": unseen["digit"]} and len(unseen["digit"]) == 8  # same scenes, same keys
     for kind in ("exists", "both_have"):
         assert kinds[kind].count("yes") == kinds[kind].count("no") == 4
     for kind in ("which_has", "compare_count"):

@@ -11,15 +11,16 @@ import random
 from dataclasses import dataclass, fields
 
 from ..config import IMAGE_MARKER
+from .balanced import CYCLES, absent_qa, balanced_qa
 from .digits import digit_qa, load_digit_split, render_digit
+from .wording import question as worded
 from .world import EVAL_KIND_SEED_BLOCK, eval_seed, render, sample_scene, sample_scene_pair, train_seed
-from .world_text import (QA, SINGLE_KINDS, TWO_IMAGE_KINDS, article, ask, ask_two, caption, canonical_questions,
-                         paraphrase, two_image_questions)
+from .world_text import (QA, SINGLE_KINDS, TWO_IMAGE_KINDS, article, ask, caption, canonical_questions, paraphrase,
+                         two_image_questions)
 from .world_vocab import SHAPES
 
 IMAGE = IMAGE_MARKER + "\n"  # an image at the start of a user turn
-CAPTION_REQUESTS = ["Describe the image.", "What is in the image?", "Describe this picture.", "What do you see?",
-                    "Give a short description of the image.", "Caption this image.", "What shapes are in this image?"]
+CAPTION_REQUEST = "Describe the image."  # the contract's; other requests come from `wording.py` ("caption")
 EVAL_STYLE = dict(antialias=False, noise=3.0, background=228)  # a fixed look training never uses by default
 
 
@@ -31,35 +32,64 @@ class MixWeights:
     digit: float = 0.15  # a handwritten digit (train split)
     text: float = 0.10  # no image at all
     caption: float = 0.15  # one image, describe it
-    canonical: float = 0.65  # share of turns in the contract's exact wording (the rest paraphrased)
+    canonical: float = 0.65  # share of turns in the contract's exact wording (the rest in training wordings)
+    balanced: float = 0.35  # share of image dialogues opened by a question drawn like the evaluation's (every
+    # answer alike: count_color 3 and 4, near-miss no's, every colour, place and size)
+    absent: float = 0.08  # share of one-image dialogues that also ask about an object that is not there
 
 
 def _train_scene(rng: random.Random):
     return sample_scene(random.Random(train_seed(rng.getrandbits(48))))
 
 
+# A dialogue's text is capped: with the wordings' polite frames and longer answers six turns could outgrow the
+# quickstart's rows of 256 tokens, and a sample longer than a row is an error, not a truncation.
+DIALOGUE_CHARS = 400
+
+
 def _turns(qas: list[QA], rng: random.Random, canonical: float, n_images: int) -> list[dict]:
-    conv = []
+    """The questions as user/assistant turns, each in the contract's wording with probability `canonical`, else
+    in a training wording; turns past DIALOGUE_CHARS characters are left out (the first one never)."""
+    conv, chars = [], 0
     for i, qa in enumerate(qas):
         if rng.random() >= canonical:
             qa = paraphrase(qa, rng)
+        chars += len(qa.question) + len(qa.answer)
+        if i and chars > DIALOGUE_CHARS:
+            break
         conv.append({"role": "user", "content": (IMAGE * n_images if i == 0 else "") + qa.question})
         conv.append({"role": "assistant", "content": qa.answer})
     return conv
 
 
 def _dialogue(rng: random.Random, size: int, w: MixWeights) -> dict:
-    scene = _train_scene(rng)
-    qas = canonical_questions(scene, rng)
-    chosen = rng.sample(qas, rng.randint(1, min(6, len(qas))))
+    srng = random.Random(train_seed(rng.getrandbits(48)))  # every scene of this sample comes from one train seed
+    first: list[QA] = []
+    if rng.random() < w.balanced:
+        first = [balanced_qa(rng.choice([k for k in SINGLE_KINDS if k != "caption"]), srng)]
+        scene = first[0].scenes[0]
+    else:
+        scene = sample_scene(srng)
+    qas = [qa for qa in canonical_questions(scene, rng) if not first or qa.kind != first[0].kind]
+    chosen = first + rng.sample(qas, rng.randint(1 - len(first), min(6, len(qas)) - len(first)))
+    if rng.random() < w.absent and (qa := absent_qa(scene, rng.choice(_ABSENT), rng)) is not None:
+        chosen = chosen[:5]  # still at most six turns
+        chosen.insert(rng.randint(0, len(chosen)), qa)
     return {"conversations": _turns(chosen, rng, w.canonical, 1), "images": [render(scene, size, rng, jitter=True)]}
 
 
+_ABSENT = ("color", "shape", "position:near", "size:near", "position:far", "size:far")
+
+
 def _two_image(rng: random.Random, size: int, w: MixWeights) -> dict:
-    # the scenes share a colour+shape, so both_have is yes exactly half the time (see two_image_questions)
-    a, b = sample_scene_pair(random.Random(train_seed(rng.getrandbits(48))), share=True)
-    qas = two_image_questions(a, b, rng)
-    chosen = rng.sample(qas, rng.randint(1, len(qas)))
+    srng = random.Random(train_seed(rng.getrandbits(48)))
+    if rng.random() < w.balanced:
+        first = [balanced_qa(rng.choice(TWO_IMAGE_KINDS), srng)]
+        a, b = first[0].scenes
+    else:  # the scenes share a colour+shape, so both_have is yes half the time (see two_image_questions)
+        first, (a, b) = [], sample_scene_pair(srng, share=True)
+    qas = [qa for qa in two_image_questions(a, b, rng) if not first or qa.kind != first[0].kind]
+    chosen = first + rng.sample(qas, rng.randint(1 - len(first), len(qas)))
     return {"conversations": _turns(chosen, rng, w.canonical, 2),
             "images": [render(a, size, rng, jitter=True), render(b, size, rng, jitter=True)]}
 
@@ -76,10 +106,10 @@ def _digit(rng: random.Random, size: int, w: MixWeights) -> dict:
 
 def _caption(rng: random.Random, size: int, w: MixWeights) -> dict:
     scene = _train_scene(rng)
-    request = CAPTION_REQUESTS[0] if rng.random() < 0.5 else rng.choice(CAPTION_REQUESTS)
+    request = CAPTION_REQUEST if rng.random() < 0.5 else worded("caption", {}, rng, "train")
     # The contract's request always gets the canonical caption (objects in reading order): one fixed order is
     # far easier for a small model to enumerate without repeats or omissions than a shuffled one.
-    canonical = request == CAPTION_REQUESTS[0] or rng.random() < w.canonical
+    canonical = request == CAPTION_REQUEST or rng.random() < w.canonical
     text = caption(scene) if canonical else caption(scene, rng)
     return {"conversations": [{"role": "user", "content": IMAGE + request}, {"role": "assistant", "content": text}],
             "images": [render(scene, size, rng, jitter=True)]}
@@ -151,42 +181,40 @@ def make_sample(rng: random.Random, *, image_size: int = 96, kinds: str = "sft",
     return _MAKERS[kinds](rng, image_size, w)
 
 
-def _eval_qa(kind: str, i: int, rng: random.Random) -> tuple[QA, list]:
-    """Item i of one kind: redraw held-out scenes from rng until the contract asks the question; yes/no and
-    first/second alternate with i so they come exactly equally often."""
-    want = {"exists": "yes", "both_have": "yes", "which_has": "first", "compare_count": "first"}.get(kind)
-    if want and i % 2:
-        want = {"yes": "no", "first": "second"}[want]
-    while True:
-        if kind in SINGLE_KINDS:
-            scene = sample_scene(rng)
-            qa = ask(kind, scene, rng, want)
-            scenes = [scene]
-        else:
-            a, b = sample_scene_pair(rng, share=want == "yes" or rng.random() < 0.5)
-            if kind == "compare_count" and (len(a.objects) > len(b.objects)) != (want == "first"):
-                a, b = b, a
-            qa = ask_two(kind, a, b, rng, want)
-            scenes = [a, b]
-        if qa is not None and (want is None or qa.key == want):
-            return qa, scenes
+EVAL_KINDS = SINGLE_KINDS + TWO_IMAGE_KINDS + ("absent",)
 
 
-def eval_items(n_per_kind: int, seed: int = 0, image_size: int = 96) -> list[dict]:
-    """The held-out evaluation set: n_per_kind canonical questions of every kind of the contract on eval_seed
-    scenes, drawn in EVAL_STYLE, plus all 360 held-out digits. Same arguments -> the same items."""
+def _item(kind: str, question: str, qa: QA, images: list, wording: str) -> dict:
+    return {"kind": kind, "question": IMAGE * len(images) + question, "key": qa.key, "answer": qa.answer,
+            "images": images, "wording": wording}
+
+
+def eval_items(n_per_kind: int, seed: int = 0, image_size: int = 96, unseen: bool = True) -> list[dict]:
+    """The held-out evaluation set on eval_seed scenes drawn in EVAL_STYLE: n_per_kind questions of every kind of
+    the contract and of "absent", each kind walking its answers in turn (`balanced.CYCLES`: every answer alike),
+    in the contract's exact wording ("wording": "canonical"), then all 360 held-out digits. With unseen=True the
+    same scenes are asked again in wordings training never uses ("wording": "unseen", `wording.py`'s held-out
+    templates), and n_per_kind held-out digits too. Same arguments -> the same items."""
     if n_per_kind < 0 or seed < 0:
         raise ValueError(f"n_per_kind and seed must be >= 0, got {n_per_kind} and {seed}")
-    items = []
-    for k, kind in enumerate(SINGLE_KINDS + TWO_IMAGE_KINDS):
+    items, reworded = [], []
+    for k, kind in enumerate(EVAL_KINDS):
+        cycle = CYCLES[kind]
         for i in range(n_per_kind):
             rng = random.Random(eval_seed((seed * 100 + k) * EVAL_KIND_SEED_BLOCK + i))
-            qa, scenes = _eval_qa(kind, i, rng)
-            items.append({"kind": kind, "question": IMAGE * len(scenes) + qa.question, "key": qa.key,
-                          "answer": qa.answer, "images": [render(s, image_size, rng, **EVAL_STYLE) for s in scenes]})
+            qa = balanced_qa(kind, rng, cycle[i % len(cycle)])
+            images = [render(s, image_size, rng, **EVAL_STYLE) for s in qa.scenes]
+            items.append(_item(kind, qa.question, qa, images, "canonical"))
+            if unseen:
+                asked = qa.slots["ask"] if kind == "absent" else kind
+                reworded.append(_item(kind, worded(asked, qa.slots, rng, "held_out"), qa, images, "unseen"))
     images, labels = load_digit_split("eval")
-    for px, label in zip(images, labels):
+    for j, (px, label) in enumerate(zip(images, labels)):
         qa = digit_qa(int(label))
-        items.append({"kind": "digit", "question": IMAGE + qa.question, "key": qa.key, "answer": qa.answer,
-                      "images": [render_digit(px, image_size)]})
-    return items
+        items.append(_item("digit", qa.question, qa, [render_digit(px, image_size)], "canonical"))
+    if unseen and n_per_kind:
+        rng = random.Random(eval_seed(seed * 100 + 99))
+        for j in range(0, len(labels), max(1, len(labels) // n_per_kind))[:n_per_kind]:
+            reworded.append(_item("digit", worded("digit", {}, rng, "held_out"), digit_qa(int(labels[j])),
+                                  items[j - len(labels)]["images"], "unseen"))
+    return items + reworded

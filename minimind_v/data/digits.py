@@ -11,10 +11,11 @@ import random
 import numpy as np
 from PIL import Image
 
+from .wording import question as worded
+from .wording import templates
 from .world_text import NUMBER_NAMES, QA
 
-DIGIT_QUESTIONS = ["What digit is this?", "Which digit is shown?", "What number is written here?",
-                   "Read the digit.", "What digit do you see?", "Which number is this?"]
+DIGIT_QUESTION = templates("digit")[0]  # the contract's "What digit is this?"; other wordings from `wording.py`
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,9 +59,9 @@ def digit_qa(label: int, rng: random.Random | None = None) -> QA:
     """The digit question; rng None -> canonical ("What digit is this?" / "The digit is 7."), else varied."""
     key = str(int(label))
     if rng is None:
-        return QA("digit", DIGIT_QUESTIONS[0], f"The digit is {key}.", key)
+        return QA("digit", DIGIT_QUESTION, f"The digit is {key}.", key)
     word = NUMBER_NAMES[int(label)]
     answer = rng.choice([f"The digit is {key}.", f"{key}.", f"{word.capitalize()}.", f"It is the digit {word}.",
                          f"This is the digit {key}.", f"It is a handwritten {key}."])
-    question = DIGIT_QUESTIONS[0] if rng.random() < 0.6 else rng.choice(DIGIT_QUESTIONS)
+    question = DIGIT_QUESTION if rng.random() < 0.6 else worded("digit", {}, rng, "train")
     return QA("digit", question, answer, key)

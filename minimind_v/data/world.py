@@ -139,6 +139,21 @@ def sample_scene_pair(rng: random.Random, share: bool = True) -> tuple[Scene, Sc
                 return a, Scene(b.objects[:i] + (new,) + b.objects[i + 1:])
 
 
+def restyle(scene: Scene, changes: dict[int, dict[str, str]], rng: random.Random) -> Scene | None:
+    """The scene with some objects given another colour, shape or size ({index: {"color": ..., "size": ...}}), each
+    in its own cell and place; a new size draws a new side. None where the result would break a rule (two objects
+    sharing colour and shape, or boxes that no longer fit), so callers draw again."""
+    objs = list(scene.objects)
+    for i, change in changes.items():
+        side = rng.uniform(*SIZES[change["size"]]) if change.get("size", objs[i].size) != objs[i].size else None
+        objs[i] = replace(objs[i], **change, **({"side": side} if side else {}))
+    if len({o.pair for o in objs}) < len(objs):
+        return None
+    if not all(_fits(o.box, objs[:i] + objs[i + 1:]) for i, o in enumerate(objs)):
+        return None
+    return Scene(tuple(objs))
+
+
 # ----------------------------------------------------------------------------------------------- rendering
 
 def _inside(o: Obj, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:

@@ -9,13 +9,15 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .wording import question as worded
+from .wording import templates
 from .world_vocab import COLORS, SHAPES
 
 if TYPE_CHECKING:
     from .world import Scene
 
 __all__ = ["ALL_PAIRS", "NUMBER_NAMES", "QA", "QUESTIONS", "SINGLE_KINDS", "TWO_IMAGE_KINDS", "article", "ask",
-           "ask_two", "canonical_questions", "caption", "paraphrase", "place", "two_image_questions"]
+           "ask_two", "canonical_questions", "caption", "make_qa", "paraphrase", "place", "two_image_questions"]
 
 NUMBER_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _PLACE = {"center": "in the center", "left": "on the left", "right": "on the right"}
@@ -85,31 +87,10 @@ def _count_answer(n: int, what: str, canonical: bool, rng: random.Random | None)
                        f"I see {num} {noun}."])
 
 
-# Question phrasings per kind; the first is the contract's exact string. Slots: {shape} {color} {obj} {a_obj}.
-QUESTIONS = {
-    "color": ["What color is the {shape}?", "What colour is the {shape}?", "Which color is the {shape}?",
-              "What color does the {shape} have?", "Tell me the color of the {shape}."],
-    "shape": ["What shape is the {color} object?", "What is the {color} object?", "Which shape is {color}?",
-              "What kind of shape is the {color} one?", "Name the {color} shape."],
-    "count": ["How many shapes are there?", "How many objects are in the image?", "How many shapes do you see?",
-              "Count the shapes.", "How many shapes are in this picture?"],
-    "count_color": ["How many {color} shapes are there?", "How many {color} objects are in the image?",
-                    "Count the {color} shapes.", "How many shapes are {color}?"],
-    "exists": ["Is there {a_obj}?", "Is there {a_obj} in the image?", "Do you see {a_obj}?",
-               "Does the image contain {a_obj}?", "Can you find {a_obj}?"],
-    "position": ["Where is the {obj}?", "Where is the {obj} located?", "In which part of the image is the {obj}?",
-                 "Where can I find the {obj}?", "What is the position of the {obj}?"],
-    "size": ["Is the {obj} small or large?", "Is the {obj} large or small?", "How big is the {obj}?",
-             "What size is the {obj}?"],
-    "caption": ["Describe the image.", "What is in the image?", "Describe this picture.", "What do you see?",
-                "Give a short description of the image.", "What shapes are in this image?", "Caption this image."],
-    "compare_count": ["Which image has more shapes?", "Which of the two images has more shapes?",
-                      "Which picture contains more objects?", "Which image shows more shapes?"],
-    "which_has": ["Which image contains {a_obj}?", "Which image has {a_obj}?", "In which image is there {a_obj}?",
-                  "Which of the two images shows {a_obj}?"],
-    "both_have": ["Do both images contain {a_obj}?", "Is there {a_obj} in both images?",
-                  "Does each image have {a_obj}?", "Do the two images both show {a_obj}?"],
-}
+# Question wordings per kind (`wording.py`): hundreds each, the first the contract's exact string. Training draws
+# only those `wording.train_templates` allows; the rest are held out for the evaluation's unseen wordings.
+QUESTIONS = {kind: list(templates(kind)) for kind in ("color", "shape", "count", "count_color", "exists", "position",
+                                                      "size", "caption", "compare_count", "which_has", "both_have")}
 
 
 def _answers(kind: str, s: dict, key: str) -> list[str]:
@@ -117,43 +98,50 @@ def _answers(kind: str, s: dict, key: str) -> list[str]:
     under the scoring rule: no second word of the key's list, and yes/no or first/second comes first."""
     if kind == "color":
         return [f"The {s['shape']} is {key}.", f"It is {key}.", f"{_cap(key)}.", f"The {s['shape']} is colored {key}.",
-                f"The color of the {s['shape']} is {key}."]
+                f"The color of the {s['shape']} is {key}.", f"It's {key}.", f"I see {article(key + ' ' + s['shape'])}."]
     if kind == "shape":
         return [f"The {s['color']} object is {article(key)}.", f"It is {article(key)}.", f"{_cap(article(key))}.",
-                f"{_cap(key)}.", f"The {s['color']} shape is {article(key)}."]
+                f"{_cap(key)}.", f"The {s['color']} shape is {article(key)}.", f"It's {article(key)}.",
+                f"I see {article(s['color'] + ' ' + key)}."]
     if kind == "position":
         return [f"The {s['obj']} is {place(key)}.", f"It is {place(key)}.", f"{_cap(key)}.",
-                f"The {s['obj']} is {place(key)} of the image.", f"You can find it {place(key)}."]
+                f"The {s['obj']} is {place(key)} of the image.", f"You can find it {place(key)}.",
+                f"It's {place(key)}.", f"{_cap(place(key))}."]
     if kind == "size":
         return [f"The {s['obj']} is {key}.", f"It is {key}.", f"{_cap(key)}.", f"It is {article(key)} {s['shape']}.",
-                f"The {s['obj']} is {key} in size."]
+                f"The {s['obj']} is {key} in size.", f"It's {key}.", f"{_cap(article(key + ' ' + s['obj']))}."]
     if kind == "exists":
         if key == "yes":
             return [f"Yes, there is {s['a_obj']}.", "Yes.", f"Yes, I see {s['a_obj']}.",
-                    f"Yes, the image contains {s['a_obj']}."]
+                    f"Yes, the image contains {s['a_obj']}.", "Yes, there is."]
         return [f"No, there is no {s['obj']}.", "No.", f"No, I do not see {s['a_obj']}.",
-                f"No, the image has no {s['obj']}."]
+                f"No, the image has no {s['obj']}.", "No, there isn't."]
     if kind == "compare_count":
         other = "second" if key == "first" else "first"
         return [f"The {key} image.", f"The {key} image has more shapes.", f"The {key} one.", f"{_cap(key)}.",
                 f"The {key} image: it has {s['more']} shapes and the {other} has {s['fewer']}."]
     if kind == "which_has":
         return [f"The {key} image.", f"The {key} image contains {s['a_obj']}.", f"The {key} one.", f"{_cap(key)}.",
-                f"{_cap(s['a_obj'])} is in the {key} image."]
+                f"{_cap(s['a_obj'])} is in the {key} image.", f"It is in the {key} image."]
     if kind == "both_have":
         if key == "yes":
             return [f"Yes, both images contain {s['a_obj']}.", "Yes.", f"Yes, there is {s['a_obj']} in each image."]
         only = s["only"]  # "first", "second" or "" (neither)
         detail = f"only the {only} image contains" if only else "neither image contains"
         return [f"No, {detail} {s['a_obj']}.", "No.", f"No, {detail} one."]
+    if kind == "absent":  # the key names what the question asked about, which is not in the image
+        return [f"There is no {key} in the image.", f"I do not see {article(key)} in the image.",
+                f"There is no {key} here.", f"The image has no {key}.", f"I can't find {article(key)} in this image."]
     raise ValueError(f"unknown question kind {kind!r}")
 
 
-def _qa(kind: str, key: str, scenes: tuple[Scene, ...], **slots) -> QA:
+def make_qa(kind: str, key: str, scenes: tuple[Scene, ...], **slots) -> QA:
+    """A question of `kind` in the contract's exact wording, with its canonical answer. For "absent" (a question
+    about an object that is not there) slots["ask"] names the kind whose wording is used and `key` the object."""
     if "color" in slots and "shape" in slots:
         slots["obj"] = f"{slots['color']} {slots['shape']}"
         slots["a_obj"] = article(slots["obj"])
-    question = QUESTIONS[kind][0].format(**slots)
+    question = QUESTIONS[slots["ask"] if kind == "absent" else kind][0].format(**slots)
     if kind == "caption":
         answer = key
     elif kind in ("count", "count_color"):
@@ -186,21 +174,21 @@ def ask(kind: str, scene: Scene, rng: random.Random, want: str | None = None) ->
         if not unique:
             return None
         o = rng.choice(unique)
-        return _qa(kind, getattr(o, kind), (scene,), **{other: getattr(o, other)})
+        return make_qa(kind, getattr(o, kind), (scene,), **{other: getattr(o, other)})
     if kind == "count":
-        return _qa(kind, str(len(objs)), (scene,), what="shape")
+        return make_qa(kind, str(len(objs)), (scene,), what="shape")
     if kind == "count_color":  # mostly a colour that is there, else any colour (often a 0)
         color = rng.choice([o.color for o in objs]) if rng.random() < 0.6 else rng.choice(list(COLORS))
-        return _qa(kind, str(sum(o.color == color for o in objs)), (scene,), color=color, what=f"{color} shape")
+        return make_qa(kind, str(sum(o.color == color for o in objs)), (scene,), color=color, what=f"{color} shape")
     if kind == "exists":
         yes = rng.random() < 0.5 if want is None else want == "yes"
         color, shape = rng.choice(objs).pair if yes else _absent_pair(scene.pairs, scene.pairs, rng)
-        return _qa(kind, "yes" if yes else "no", (scene,), color=color, shape=shape)
+        return make_qa(kind, "yes" if yes else "no", (scene,), color=color, shape=shape)
     if kind in ("position", "size"):
         o = rng.choice(objs)
-        return _qa(kind, o.position if kind == "position" else o.size, (scene,), color=o.color, shape=o.shape)
+        return make_qa(kind, o.position if kind == "position" else o.size, (scene,), color=o.color, shape=o.shape)
     if kind == "caption":
-        return _qa(kind, caption(scene), (scene,))
+        return make_qa(kind, caption(scene), (scene,))
     raise ValueError(f"unknown single-image kind {kind!r}; expected one of {SINGLE_KINDS}")
 
 
@@ -211,7 +199,7 @@ def ask_two(kind: str, a: Scene, b: Scene, rng: random.Random, want: str | None 
         na, nb = len(a.objects), len(b.objects)
         if na == nb:
             return None
-        return _qa(kind, "first" if na > nb else "second", (a, b), more=max(na, nb), fewer=min(na, nb))
+        return make_qa(kind, "first" if na > nb else "second", (a, b), more=max(na, nb), fewer=min(na, nb))
     if kind == "which_has":
         only = {"first": sorted(a.pairs - b.pairs), "second": sorted(b.pairs - a.pairs)}
         sides = [side for side in only if only[side] and want in (None, side)]
@@ -219,7 +207,7 @@ def ask_two(kind: str, a: Scene, b: Scene, rng: random.Random, want: str | None 
             return None
         side = rng.choice(sides)
         color, shape = rng.choice(only[side])
-        return _qa(kind, side, (a, b), color=color, shape=shape)
+        return make_qa(kind, side, (a, b), color=color, shape=shape)
     if kind == "both_have":
         common = sorted(a.pairs & b.pairs)
         yes = (rng.random() < 0.5 if want is None else want == "yes") and bool(common)
@@ -230,7 +218,7 @@ def ask_two(kind: str, a: Scene, b: Scene, rng: random.Random, want: str | None 
         else:
             color, shape = _absent_pair(set(common), a.pairs | b.pairs, rng)
         only = "first" if (color, shape) in a.pairs else "second" if (color, shape) in b.pairs else ""
-        return _qa(kind, "yes" if yes else "no", (a, b), color=color, shape=shape, only=only)
+        return make_qa(kind, "yes" if yes else "no", (a, b), color=color, shape=shape, only=only)
     raise ValueError(f"unknown two-image kind {kind!r}; expected one of {TWO_IMAGE_KINDS}")
 
 
@@ -246,9 +234,10 @@ def two_image_questions(a: Scene, b: Scene, rng: random.Random) -> list[QA]:
 
 
 def paraphrase(qa: QA, rng: random.Random) -> QA:
-    """The same question in other words: another phrasing of the question and/or the answer, same key."""
+    """The same question in other words: a training wording of the question (`wording.py`, never a held-out one)
+    and/or another phrasing of the answer, same key."""
     for _ in range(4):  # avoid handing back the canonical pair unchanged
-        question = rng.choice(QUESTIONS[qa.kind]).format(**qa.slots)
+        question = worded(qa.slots["ask"] if qa.kind == "absent" else qa.kind, qa.slots, rng, "train")
         if qa.kind == "caption":
             answer = caption(qa.scenes[0], rng)
         elif qa.kind in ("count", "count_color"):

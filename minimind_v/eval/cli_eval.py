@@ -2,12 +2,14 @@
 
     minimind-v eval --model runs/quickstart                       # shapes-world suite + held-out digits
     minimind-v eval --model runs/x --data my_set.jsonl --no-shapes # your own image questions
+    minimind-v eval --model runs/s0 runs/s1 runs/s2 --out runs     # several training seeds: mean and minimum
     minimind-v bench --preset minimind3-small --vision DIR --batch-size 4 --max-len 768 --out bench.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,9 @@ from ..infer.cli_infer import add_loading_arguments
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model: shapes-world kinds, held-out digits, your JSON-lines sets")
-    p.add_argument("--model", required=True, help="run directory")
+    p.add_argument("--model", required=True, nargs="+", metavar="RUN",
+                   help="run directory; several (e.g. one per training seed) are scored on the same items, and a "
+                        "table of every run, the mean and the minimum per kind is written to eval_runs.md")
     p.add_argument("--n-per-kind", type=int, default=50, help="held-out scenes per question kind")
     p.add_argument("--seed", type=int, default=0, help="which held-out scenes (same seed -> same items)")
     p.add_argument("--image-size", type=int, default=96, help="side of the rendered evaluation images")
@@ -31,7 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit (captions: --caption-tokens)")
     p.add_argument("--caption-tokens", type=int, default=128)
     p.add_argument("--grid", type=int, default=24, help="examples in the PNG grid (0: no grid)")
-    p.add_argument("--out", default=None, help="folder for eval.json / eval.md / eval_grid.png (default: --model)")
+    p.add_argument("--no-unseen", action="store_true", help="skip the wordings held out of training")
+    p.add_argument("--out", default=None,
+                   help="folder for eval.json / eval.md / eval_grid.png (default: --model); with several runs, "
+                        "each run's files go to OUT/<run name> and eval_runs.md / eval_runs.json to OUT "
+                        "(default: each run's own folder, and the runs' common parent)")
     p.add_argument("--device", default="auto")
     add_loading_arguments(p)
     p.set_defaults(func=run)
@@ -81,44 +89,78 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..infer.api import load
-    from .grid import draw_grid, pick_examples
-    from .jsonl_eval import evaluate_jsonl, jsonl_table, load_jsonl
-    from .shapes import evaluate_shapes, markdown_table
+    from .across_runs import across_runs, across_runs_markdown
+    from .jsonl_eval import load_jsonl
+    from .shapes import shapes_items
 
     if args.no_shapes and not args.data:
         raise ValueError("nothing to evaluate: --no-shapes without any --data file")
     if not 0 <= args.digits <= 360:
         raise ValueError(f"--digits must be in 0..360, got {args.digits}")
+    runs = [Path(m) for m in args.model]
+    if len({r.name for r in runs}) < len(runs):
+        raise ValueError(f"--model: several runs share a folder name ({args.model}); their results would mix")
+    missing = [str(r) for r in runs if not r.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"--model: no run directory at {', '.join(missing)}")
     sets = [(Path(f), load_jsonl(f, args.image_dir, args.limit)) for f in args.data]  # fail before loading
-    vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights,
+    items = None
+    if not args.no_shapes:  # drawn once: every run answers the same items
+        items = shapes_items(args.n_per_kind, args.seed, args.image_size, args.digits)
+        if args.no_unseen:
+            items = [it for it in items if it.get("wording") != "unseen"]
+    reports = {}
+    for run_dir in runs:
+        out = Path(args.out) / run_dir.name if args.out and len(runs) > 1 else Path(args.out or run_dir)
+        report = _evaluate_run(args, run_dir, items, sets, out)
+        if "shapes" in report:
+            reports[run_dir.name] = report["shapes"]
+    if len(runs) > 1 and reports:
+        out = Path(args.out) if args.out else Path(os.path.commonpath([str(r.resolve()) for r in runs]))
+        summary = across_runs(reports)
+        md = across_runs_markdown(summary)
+        (out / "eval_runs.json").write_text(json.dumps(summary, indent=1))
+        (out / "eval_runs.md").write_text(md + "\n")
+        print(md)
+        print(f"wrote {out / 'eval_runs.json'}, {out / 'eval_runs.md'}")
+    return 0
+
+
+def _evaluate_run(args: argparse.Namespace, run_dir: Path, items: list[dict[str, Any]] | None,
+                  sets: list[tuple[Path, list[dict[str, Any]]]], out: Path) -> dict[str, Any]:
+    """One run: the shapes-world items (if any) and the --data sets; eval.json / eval.md / eval_grid.png in out."""
+    from ..infer.api import load
+    from .grid import draw_grid, pick_examples
+    from .jsonl_eval import evaluate_jsonl, jsonl_table
+    from .shapes import evaluate_shapes, report_markdown
+
+    vlm = load(run_dir, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights,
                compile=args.compile)
-    report: dict[str, Any] = {"model": str(Path(args.model).resolve()), "seed": args.seed}
+    report: dict[str, Any] = {"model": str(run_dir.resolve()), "seed": args.seed}
     md: list[str] = []
     shown: list[dict[str, Any]] = []  # grid candidates: (row, item) pairs of every suite
-    if not args.no_shapes:
+    if items is not None:
         ev = evaluate_shapes(vlm, n_per_kind=args.n_per_kind, seed=args.seed, image_size=args.image_size,
-                             batch_size=args.batch_size, n_digits=args.digits, max_new_tokens=args.max_new_tokens,
-                             caption_tokens=args.caption_tokens)
+                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                             caption_tokens=args.caption_tokens, items=items)
         report["shapes"] = {k: v for k, v in ev.items() if k != "items"}
         md += [f"## Shapes world (seed {args.seed}, {args.image_size} px) and held-out digits", "",
-               markdown_table(ev["summary"]), ""]
+               report_markdown(ev), ""]
         shown += [{**r, "images": it["images"], "expected": r["key"]} for r, it in zip(ev["rows"], ev["items"])]
-    for path, items in sets:
-        ev = evaluate_jsonl(vlm, items, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    for path, data in sets:
+        ev = evaluate_jsonl(vlm, data, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
         report.setdefault("data", {})[str(path)] = ev
         md += [f"## {path.name}", "", jsonl_table(ev["summary"]), ""]
         shown += [{**r, "images": it["images"], "expected": " | ".join(r["references"])}
-                  for r, it in zip(ev["rows"], items)]
-    out = Path(args.out or args.model)
+                  for r, it in zip(ev["rows"], data)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=1))
     (out / "eval.md").write_text("\n".join(md))
     if args.grid > 0 and shown:
         draw_grid([shown[i] for i in pick_examples(shown, args.grid, args.seed)], out / "eval_grid.png")
-    print("\n".join(md))
+    print(f"# {run_dir}\n" + "\n".join(md))
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}" + (f", {out / 'eval_grid.png'}" if args.grid else ""))
-    return 0
+    return report
 
 
 def run_bench(args: argparse.Namespace) -> int:

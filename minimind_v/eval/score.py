@@ -6,6 +6,9 @@ Lower-case, punctuation becomes spaces, whole words only. Then one rule per kind
 - a number (count, count_color, digit): the first number in the answer, as digits or a word; "no"/"none" are 0.
 - yes/no and first/second: the first of the two words to occur is the answer.
 - caption: F1 between the {color} {shape} pairs the answer names and the scene's pairs.
+- absent (ours, not the contract's: a question about an object that is not there; the key names that object):
+  right when the answer says so (a negation: no, not, none, nothing, cannot, n't ...) and names no colour, size or
+  position beyond the key's own words, i.e. does not describe the missing object as if it were there.
 The lists are written out here on purpose: the rule is the contract's, not whatever the generator happens to hold.
 """
 from __future__ import annotations
@@ -23,7 +26,8 @@ LIST_KINDS = {"color": COLOR_WORDS, "shape": SHAPE_WORDS, "size": SIZE_WORDS}
 NUMBER_KINDS = ("count", "count_color", "digit")
 CHOICE_KINDS = {"exists": ("yes", "no"), "both_have": ("yes", "no"),
                 "compare_count": ("first", "second"), "which_has": ("first", "second")}
-KINDS = (*LIST_KINDS, "position", *NUMBER_KINDS, *CHOICE_KINDS, "caption")
+NEGATIONS = ("no", "not", "none", "nothing", "nowhere", "cannot", "neither", "nor", "absent", "missing")
+KINDS = (*LIST_KINDS, "position", *NUMBER_KINDS, *CHOICE_KINDS, "caption", "absent")
 
 
 def words(text: str) -> list[str]:
@@ -72,6 +76,40 @@ def caption_f1(answer: str, scene_pairs: set[tuple[str, str]]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def says_absent(answer: str, key: str) -> bool:
+    """The answer denies the object (a negation word, or a contraction like "isn't") and attributes no colour,
+    size or position to it: colour and size words other than the key's own, and every position name, count
+    against it."""
+    toks = words(answer)
+    denies = any(t in NEGATIONS for t in toks) or "n't" in answer.lower().replace("’", "'")
+    allowed = set(words(key))
+    invented = (set(toks) - allowed) & set(COLOR_WORDS + SIZE_WORDS)
+    return denies and not invented and not positions_named(answer)
+
+
+def read_key(kind: str, answer: str, key: str = "") -> str:
+    """What the answer says under the kind's rule, for confusion tables: the word(s) of the kind's list it names
+    ("red", "red+blue"), the first number or choice word; for "absent", "not there" when the answer denies the
+    object, else the colour/size/position words it gave the object (beyond the key's); "unparsed" where it names
+    nothing the rule reads. Captions: "-" (they are scored by F1)."""
+    if kind in LIST_KINDS or kind == "position":
+        found = positions_named(answer) if kind == "position" else [t for t in words(answer) if t in LIST_KINDS[kind]]
+        return "+".join(sorted(set(found))) or "unparsed"
+    if kind in NUMBER_KINDS:
+        n = first_number(answer)
+        return "unparsed" if n is None else str(n)
+    if kind in CHOICE_KINDS:
+        return next((t for t in words(answer) if t in CHOICE_KINDS[kind]), "unparsed")
+    if kind == "absent":
+        if says_absent(answer, key):
+            return "not there"
+        named = {t for t in words(answer) if t in COLOR_WORDS + SIZE_WORDS} - set(words(key))
+        return "+".join(sorted(named | set(positions_named(answer)))) or "unparsed"
+    if kind == "caption":
+        return "-"
+    raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
 def score(kind: str, answer: str, key: str) -> float:
     """1.0 if `answer` is right for `key` under the contract's rule for `kind`, else 0.0; captions get their F1.
 
@@ -94,4 +132,6 @@ def score(kind: str, answer: str, key: str) -> float:
         return float(first == key)
     if kind == "caption":
         return caption_f1(answer, caption_pairs(key))
+    if kind == "absent":
+        return float(says_absent(answer, key))
     raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
