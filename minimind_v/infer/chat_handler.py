@@ -18,9 +18,9 @@ from typing import Any, AsyncIterator, Callable
 
 from .admission import Admission, image_cost
 from .http_guard import BodyReader, require_json
-from .images import ImageLimits
-from .openai_protocol import (APIError, ChatRequest, RequestLimits, bad, chunk, completion_body, decode_images,
-                              generation_args, new_id, open_images, parse_chat_request, usage)
+from .images import ImageError, ImageLimits, image_bytes, load_pixels, open_image
+from .openai_protocol import (APIError, ChatRequest, RequestLimits, bad, chunk, completion_body, generation_args,
+                              new_id, parse_chat_request, usage)
 
 log = logging.getLogger("minimind_v.server")
 
@@ -125,6 +125,28 @@ class ChatHandler:
         processor = getattr(vlm.model.vision, "processor", None)
         async with self.admission.reserve(sum(image_cost(im, processor) for im in opened)):
             return await self.off_loop(lambda: vlm.preprocess(decode_images(opened, req.images)))
+
+
+def open_images(refs: list[tuple[str, str]], limits: ImageLimits) -> list[Any]:
+    """Fetch each image's bytes and read its header (every size check passed, no pixel decoded yet)."""
+    opened = []
+    for url, param in refs:
+        try:
+            opened.append(open_image(image_bytes(url, limits), limits))
+        except ImageError as e:
+            raise bad(f"{param}: {e}", param, e.code) from None
+    return opened
+
+
+def decode_images(opened: list[Any], refs: list[tuple[str, str]]) -> list[Any]:
+    """Decode opened images into RGB (what the image processor takes)."""
+    images = []
+    for im, (_, param) in zip(opened, refs):
+        try:
+            images.append(load_pixels(im))
+        except ImageError as e:
+            raise bad(f"{param}: {e}", param, e.code) from None
+    return images
 
 
 def run_to_end(vlm: Any, req: ChatRequest, gen: dict[str, Any]) -> Any:

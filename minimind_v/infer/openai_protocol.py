@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.chat import IMAGE_MARKER, count_markers
-from .images import ImageError, ImageLimits, image_bytes, load_pixels, open_image
 from .json_depth import json_shape
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -284,28 +283,6 @@ def new_id() -> str:
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def open_images(refs: list[tuple[str, str]], limits: ImageLimits) -> list[Any]:
-    """Fetch each image's bytes and read its header (every size check passed, no pixel decoded yet)."""
-    opened = []
-    for url, param in refs:
-        try:
-            opened.append(open_image(image_bytes(url, limits), limits))
-        except ImageError as e:
-            raise bad(f"{param}: {e}", param, e.code) from None
-    return opened
-
-
-def decode_images(opened: list[Any], refs: list[tuple[str, str]]) -> list[Any]:
-    """Decode opened images into RGB (what the image processor takes)."""
-    images = []
-    for im, (_, param) in zip(opened, refs):
-        try:
-            images.append(load_pixels(im))
-        except ImageError as e:
-            raise bad(f"{param}: {e}", param, e.code) from None
-    return images
 
 
 def generation_args(vlm: Any, req: ChatRequest, n_images: int, default_max_tokens: int) -> dict[str, Any]:
