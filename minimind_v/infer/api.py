@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from ..data.chat import count_markers, encode_prompt
 from ..model.vlm import MiniMindVLM
@@ -125,7 +126,11 @@ def load(path: str | Path, device: str = "auto", weights: str = "fp32", encoder_
     same) may also be "int8": a quarter of the encoder's float32 memory. compile=True compiles the decoding
     step (infer/generate.py: compile_decoding): faster answers once the first one has paid for it."""
     dev = pick_device(device)
-    model, tok = load_run(path, dev, weights=weights, encoder_weights=encoder_weights)
+    try:
+        model, tok = load_run(path, dev, weights=weights, encoder_weights=encoder_weights)
+    except SafetensorError as e:  # a truncated or corrupt weights file: name it, no traceback
+        raise ValueError(f"the weights in {str(path)!r} cannot be read (a corrupt or incomplete .safetensors "
+                         f"file?): {e}") from None
     if compile:
         compile_decoding(model)
     return VLMChat(model, tok, dev)

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 
+from ..arguments import device_name, positive_int
 from .quickstart import QUICKSTART_PRESETS, run_quickstart
 
 
@@ -13,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/quickstart", help="run directory to write (default: runs/quickstart)")
     p.add_argument("--preset", default="default", choices=sorted(QUICKSTART_PRESETS),
                    help="default: the full recipe (~15 min on 2 CPU cores); smoke: the same path in seconds")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="autocast precision")
     p.add_argument("--sft-steps", type=int, default=None, help="override the SFT step count")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers rendering the data")
@@ -79,10 +80,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         else:
             s.set_defaults(from_llm=None, vision=None, vision_path=None, merge=1, projector=None,
                            freeze_llm=None, feature_cache=None, lr_projector=0.0)
-        s.add_argument("--steps", type=int, default=0, help="optimizer steps (0: from --epochs)")
+        s.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: from --epochs)")
         s.add_argument("--epochs", type=float, default=0, help="epochs (0: the stage's default)")
-        s.add_argument("--batch-size", type=int, default=0, help="samples per micro-batch per process")
-        s.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
+        s.add_argument("--batch-size", type=positive_int, default=None,
+                       help="samples per micro-batch per process (default: the stage's)")
+        s.add_argument("--accum", type=positive_int, default=1, help="micro-batches per optimizer step")
         s.add_argument("--max-len", type=int, default=0, help="maximum tokens per sample (longer rows skip)")
         s.add_argument("--lr", type=float, default=0.0, help="peak learning rate (0: the stage's default)")
         s.add_argument("--lr-llm", type=float, default=0.0, help="LLM learning rate (0 = --lr)")
@@ -95,7 +97,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         s.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                        help="autocast precision (auto: bf16 on a CUDA GPU that has it, else fp32)")
         s.add_argument("--compile", action="store_true", help="torch.compile the decoder blocks")
-        s.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (under torchrun: one GPU per rank)")
+        s.add_argument("--device", type=device_name, default="auto",
+                       help="auto, cpu, cuda, mps (under torchrun: one GPU per rank)")
         s.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
         s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
         s.add_argument("--seed", type=int, default=0)
