@@ -21,8 +21,15 @@ COMMANDS = [
 ]
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A mistake on the command line is one line and exit code 2 (subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minimind-v", description="Train, evaluate and serve a tiny VLM.")
+    parser = OneLineErrors(prog="minimind-v", description="Train, evaluate and serve a tiny VLM.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
@@ -37,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except (ValueError, TypeError, OSError, OverflowError) as e:  # OSError: missing files, a port in use
         print(f"minimind-v {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from .arguments import device_name, positive_int
 from .config import IMAGE_MARKER, IMAGE_TOKEN, VisionConfig, VLMConfig, llm_preset, padded_vocab
 from .data.batches import PackCollate
 from .data.chatmix import make_sample
@@ -171,9 +172,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/quickstart", help="run directory to write (default: runs/quickstart)")
     p.add_argument("--preset", default="default", choices=sorted(QUICKSTART_PRESETS),
                    help="default: the full recipe (~15 min on 2 CPU cores); smoke: the same path in seconds")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="autocast precision")
-    p.add_argument("--sft-steps", type=int, default=None, help="override the SFT step count")
+    p.add_argument("--sft-steps", type=positive_int, default=None, help="override the SFT step count")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers rendering the data")
     p.add_argument("--seed", type=int, default=None,
                    help="training seed (default 0): initial weights and training scenes; the evaluation is unchanged")

@@ -72,6 +72,18 @@ def test_top_k_and_top_p_masks():
     assert sample_next(logits, g, generators=gens).tolist() == [1]
 
 
+def test_a_temperature_that_underflows_samples_greedily():
+    logits = torch.tensor([[0.1, 2.0, 1.9, -3.0], [5.0, 0.0, 4.99, 1.0]])
+    for t in [1e-40, 5e-324, 1e-300, 1e-45]:  # logits / t overflows float32 (1e-40 passed the server's 0..2 check)
+        g = GenerationConfig(temperature=t, top_p=0.9)
+        gens = [torch.Generator().manual_seed(s) for s in range(2)]
+        assert sample_next(logits, g, generators=gens).tolist() == [1, 0]
+        assert sample_next(logits, g).tolist() == [1, 0]
+    # rows that do not overflow still sample: only the overflowing row turns greedy
+    mixed = torch.tensor([[0.0, 0.0], [0.0, 1e30]])
+    assert sample_next(mixed, GenerationConfig(temperature=1e-10), generators=[torch.Generator()] * 2)[1] == 1
+
+
 def test_repetition_penalty_pushes_seen_tokens_down():
     logits = torch.tensor([[2.0, -1.0, 1.0]])
     seen = torch.tensor([[True, True, False]])

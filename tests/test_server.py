@@ -24,6 +24,7 @@ from minimind_v.infer.images import ImageLimits  # noqa: E402
 from minimind_v.infer.server import ServerSettings, create_app, serve_in_thread  # noqa: E402
 
 KEY = "sk-test-123"
+JSON = {"Content-Type": "application/json"}
 
 
 def png(size=(40, 40), color=(200, 20, 20)) -> bytes:
@@ -168,7 +169,9 @@ def test_api_key_and_remote_images_when_enabled(vlm, tmp_path):
     files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=files.serve_forever, daemon=True).start()
     pic = f"http://127.0.0.1:{files.server_address[1]}/pic.png"
-    settings = ServerSettings(api_key=KEY, limits=ImageLimits(allow_remote=True), default_max_tokens=4)
+    # The file server is on loopback, which remote URLs may only reach when the operator trusts it.
+    settings = ServerSettings(api_key=KEY, limits=ImageLimits(allow_remote=True, trusted_networks=("127.0.0.1/32",)),
+                              default_max_tokens=4)
     try:
         with serve_in_thread(create_app({"tiny": vlm}, settings)) as base:
             for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}]:
@@ -261,7 +264,7 @@ def test_bad_requests_get_openai_style_errors(base, body, status, code, param):
 
 
 def test_oversized_body_wrong_method_and_unknown_route(base):
-    r = httpx.post(f"{base}/v1/chat/completions", content=b"x" * (3 * 2**20))
+    r = httpx.post(f"{base}/v1/chat/completions", content=b"x" * (3 * 2**20), headers=JSON)
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     r = httpx.get(f"{base}/v1/chat/completions")
     assert r.status_code == 405 and "error" in r.json()
@@ -277,7 +280,7 @@ def test_the_openai_client_surfaces_our_errors(client):
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.chat.completions.create(model="nope", messages=TEXT)
     bad = json.dumps({"model": "tiny", "messages": TEXT, "stream": True, "max_tokens": 0})
-    r = httpx.post(f"{client.base_url}chat/completions", content=bad)  # a bad stream is refused before it starts
+    r = httpx.post(f"{client.base_url}chat/completions", content=bad, headers=JSON)  # refused before it starts
     assert r.status_code == 400 and r.headers["content-type"].startswith("application/json")
 
 

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..arguments import device_name, positive_int
 from ..config import options_from
 from ..infer.cli_infer import add_loading_arguments
 
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a JSON-lines set of image questions with reference answers (repeatable)")
     p.add_argument("--image-dir", default=None, help="folder the --data image paths are relative to")
     p.add_argument("--limit", type=int, default=None, help="at most this many questions per --data file")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit (captions: --caption-tokens)")
     p.add_argument("--caption-tokens", type=int, default=128)
     p.add_argument("--grid", type=int, default=24, help="examples in the PNG grid (0: no grid)")
@@ -40,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="folder for eval.json / eval.md / eval_grid.png (default: --model); with several runs, "
                         "each run's files go to OUT/<run name> and eval_runs.md / eval_runs.json to OUT "
                         "(default: each run's own folder, and the runs' common parent)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device_name, default="auto")
     add_loading_arguments(p)
     p.set_defaults(func=run)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from ..data.chat import count_markers, encode_prompt
 from ..device import pick_device
@@ -36,12 +37,17 @@ class VLMChat:
                              image_token=self.model.cfg.image_token)
 
     def _pixels(self, images: list[Image.Image]) -> torch.Tensor | None:
+        pixels = self.preprocess(images)
+        return None if pixels is None else pixels.to(self.device)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor | None:
+        """PIL images -> the pixel tensor the encoder reads, on the CPU (stream_chat's `pixel_values`)."""
         if not images:
             return None
         for im in images:
             if not isinstance(im, Image.Image):
                 raise TypeError(f"images must be PIL.Image.Image objects, got {type(im).__name__}")
-        return self.model.vision.preprocess(images).to(self.device)
+        return self.model.vision.preprocess(images)
 
     def _gen(self, max_new_tokens: int, temperature: float, **kw: Any) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
@@ -95,16 +101,20 @@ class VLMChat:
 
     def stream_chat(self, messages: list[dict[str, str]], images: list[Image.Image] | None = None,
                     max_new_tokens: int = 256, temperature: float = 0.0, *, stop: list[str] | None = None,
-                    **gen: Any) -> ChatStream:
+                    pixel_values: torch.Tensor | None = None, **gen: Any) -> ChatStream:
         """Multi-turn chat; iterate the result for text pieces as they are decoded. Pieces never split a UTF-8
         character. `stop` strings end the answer early and are left out of it. Everything is checked here,
         before the first token: a bad conversation or a prompt too long for the context raises ValueError.
-        After iterating, the ChatStream holds the token counts, finish_reason and tokens_per_second."""
-        images = images or []
-        prompt = self.encode_chat(messages, len(images))
+        After iterating, the ChatStream holds the token counts, finish_reason and tokens_per_second.
+        `pixel_values` (from preprocess) may stand in for `images` when they were prepared elsewhere."""
+        if pixel_values is None:
+            pixel_values = self._pixels(images or [])
+        else:
+            pixel_values = pixel_values.to(self.device)
+        prompt = self.encode_chat(messages, 0 if pixel_values is None else pixel_values.shape[0])
         cfg = self._gen(max_new_tokens, temperature, **gen)
         check_fits(len(prompt), cfg.max_new_tokens, self.context_length)
-        return ChatStream(self.model, self.tokenizer, prompt, self._pixels(images), cfg, self.pad_id, stop)
+        return ChatStream(self.model, self.tokenizer, prompt, pixel_values, cfg, self.pad_id, stop)
 
 
 def load(path: str | Path, device: str = "auto", weights: str = "fp32", encoder_weights: str | None = None,
@@ -116,7 +126,11 @@ def load(path: str | Path, device: str = "auto", weights: str = "fp32", encoder_
     same) may also be "int8": a quarter of the encoder's float32 memory. compile=True compiles the decoding
     step (infer/generate.py: compile_decoding): faster answers once the first one has paid for it."""
     dev = pick_device(device)
-    model, tok = load_run(path, dev, weights=weights, encoder_weights=encoder_weights)
+    try:
+        model, tok = load_run(path, dev, weights=weights, encoder_weights=encoder_weights)
+    except SafetensorError as e:  # a truncated or corrupt weights file: name it, no traceback
+        raise ValueError(f"the weights in {str(path)!r} cannot be read (a corrupt or incomplete .safetensors "
+                         f"file?): {e}") from None
     if compile:
         compile_decoding(model)
     return VLMChat(model, tok, dev)

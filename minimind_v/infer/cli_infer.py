@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from PIL import Image, UnidentifiedImageError
 
+from ..arguments import device_name, port_number, positive_int
 from ..config import IMAGE_MARKER
 from ..data.chat import count_markers
 
@@ -39,8 +40,8 @@ def add_server_arguments(p: argparse.ArgumentParser, port: int, model_help: str)
     """--model / --host / --port / --device and the loading switches: what `serve` and `web` share."""
     p.add_argument("--model", action="append", required=True, help=model_help)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=port)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--port", type=port_number, default=port)
+    p.add_argument("--device", type=device_name, default="auto")
     add_loading_arguments(p)
 
 
@@ -62,7 +63,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device_name, default="auto")
     add_loading_arguments(p)
 
 
@@ -88,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("folder", help="folder of images (.png .jpg .jpeg .bmp .gif .webp .tif)")
     p.add_argument("--model", required=True, help="run directory")
     p.add_argument("--prompt", default="Describe the image.", help="what to ask about each image")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--jsonl", action="store_true", help='print {"file": ..., "caption": ...} lines')
     add_sampling_args(p, 64)
     p.set_defaults(func=caption)

@@ -80,7 +80,15 @@ def sample_next(logits: Tensor, gen: GenerationConfig, seen: Tensor | None = Non
         logits = penalize_repeats(logits, seen, gen.repetition_penalty)
     if gen.temperature <= 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits / gen.temperature, gen.top_k, gen.top_p).softmax(-1)
+    scaled = logits / gen.temperature
+    # A temperature so small that logits / temperature overflows (1e-40 is below float32's normal range) is
+    # greedy: such a row becomes one-hot on its best token, which still draws from the row's generator, so the
+    # random streams of the other rows stay as they would be.
+    overflow = ~torch.isfinite(scaled).all(-1, keepdim=True)
+    if bool(overflow.any()):
+        one_hot = torch.full_like(scaled, float("-inf")).scatter(1, logits.argmax(-1, keepdim=True), 0.0)
+        scaled = torch.where(overflow, one_hot, scaled)
+    probs = filter_logits(scaled, gen.top_k, gen.top_p).softmax(-1)
     if generators is None:
         return torch.multinomial(probs, 1).squeeze(-1)
     return torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=g)[:, 0] for i, g in enumerate(generators)])

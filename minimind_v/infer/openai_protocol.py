@@ -7,11 +7,16 @@ Validation is done by hand rather than by a pydantic model so that every mistake
 Content parts become our chat format: a user message's parts are joined with newlines and each `image_url`
 part becomes an `<image>` marker where it stands. A text that already places its own `<image>` markers must
 place exactly one per image part of that message.
+
+The body is untrusted: its nesting and size in values are measured before it is parsed (json_depth.py); the message
+count and the length of the text are bounded before anything is tokenised. Whatever the input — integers
+of thousands of digits, lone surrogates, deep nesting — the answer is a 4xx in this shape, never a crash.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,11 +24,23 @@ from typing import Any
 
 from ..config import IMAGE_MARKER
 from ..data.chat import count_markers
-from .images import ImageError, ImageLimits, load_image_url
+from .json_depth import json_shape
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "audio",
                "prediction", "logit_bias")
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's \ud800 escapes decode to these; UTF-8 cannot encode them
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request body may hold (the body's byte size is the server's to bound, as it arrives)."""
+    max_depth: int = 32  # nesting of arrays and objects; a chat request needs 6
+    max_values: int = 200_000  # JSON values of every kind: what parsing costs beyond the body's bytes
+    max_messages: int = 1024
+    max_text_chars: int = 1 << 20  # all text parts together; far more than any context holds
 
 
 class APIError(Exception):
@@ -31,9 +48,14 @@ class APIError(Exception):
                  type: str = "invalid_request_error"):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.close_connection = False  # set when the request's body could not be read to its end
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def json(self) -> bytes:
+        """The body as bytes, ASCII-escaped: a message quoting client text cannot fail to encode."""
+        return json.dumps(self.body()).encode()
 
 
 @dataclass
@@ -56,32 +78,72 @@ def bad(message: str, param: str | None = None, code: str | None = "invalid_valu
     return APIError(400, message, param, code)
 
 
+def brief(v: Any) -> str:
+    """A short, printable description of a client's value for an error message (never the whole value)."""
+    if isinstance(v, str):
+        return repr(v[:30] + ("..." if len(v) > 30 else ""))
+    if isinstance(v, (bool, float)) or v is None:
+        return json.dumps(v)
+    if isinstance(v, int):
+        return str(v) if abs(v) < 10**30 else f"an integer of {len(str(abs(v)))} digits"
+    return f"a JSON {'array' if isinstance(v, list) else 'object'}"
+
+
 def _typed(body: dict, key: str, kinds: tuple[type, ...], what: str) -> Any:
     v = body.get(key)
     if v is None:
         return None
     if (isinstance(v, bool) and bool not in kinds) or not isinstance(v, kinds):
-        raise bad(f"{key} must be {what}, got {json.dumps(v)[:40]}", key, "invalid_type")
+        raise bad(f"{key} must be {what}, got {brief(v)}", key, "invalid_type")
     return v
 
 
 def _number(body: dict, key: str, lo: float, hi: float) -> float | None:
     v = _typed(body, key, (int, float), "a number")
-    if v is not None and not (math.isfinite(v) and lo <= v <= hi):
-        raise bad(f"{key} must be between {lo:g} and {hi:g}, got {v}", key)
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer of hundreds of digits
+        f = math.inf
+    if not (math.isfinite(f) and lo <= f <= hi):
+        raise bad(f"{key} must be between {lo:g} and {hi:g}, got {brief(v)}", key)
+    return f
+
+
+def _text(v: str, param: str) -> str:
+    if SURROGATE.search(v):
+        raise bad(f"{param} contains a lone UTF-16 surrogate (e.g. \\ud800), which is not a character",
+                  param, "invalid_text")
     return v
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
+def load_json(raw: bytes, limits: RequestLimits) -> Any:
+    """Parse a request body, refusing bodies nested too deeply or holding too many values before parsing."""
+    brackets, commas = raw.count(b"[") + raw.count(b"{"), raw.count(b",")
+    if brackets > limits.max_depth or brackets + commas >= limits.max_values:  # else the limits cannot be hit
+        depth, values = json_shape(raw)
+        if depth > limits.max_depth:
+            raise bad(f"the request body nests deeper than {limits.max_depth} levels", None, "json_too_deep")
+        if values > limits.max_values:
+            raise bad(f"the request body holds over {limits.max_values} JSON values", None, "json_too_large")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad(f"the request body is not valid JSON: {e}", None, "invalid_json") from None
+        return json.loads(raw)
+    except RecursionError:  # not reached past the depth check; kept so that no body can crash the parser
+        raise bad("the request body nests too deeply", None, "json_too_deep") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and integers over 4300 digits
+        raise bad(f"the request body is not valid JSON: {str(e)[:200]}", None, "invalid_json") from None
+
+
+def parse_chat_request(raw: bytes, limits: RequestLimits | None = None) -> ChatRequest:
+    limits = limits or RequestLimits()
+    body = load_json(raw, limits)
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object", None, "invalid_type")
     model = _typed(body, "model", (str,), "a string")
     if not model:
         raise bad("you must give a model (GET /v1/models lists them)", "model", "missing_required_parameter")
+    _text(model, "model")
     for key in UNSUPPORTED:
         if body.get(key) not in (None, False, [], {}):
             raise bad(f"{key} is not supported by this server", key, "unsupported_parameter")
@@ -94,7 +156,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if fmt and fmt.get("type", "text") != "text":
         raise bad("only text responses are supported", "response_format", "unsupported_value")
     req = ChatRequest(model=model, messages=[], images=[])
-    req.messages, req.images = _messages(body.get("messages"))
+    req.messages, req.images = _messages(body.get("messages"), limits)
     req.stream = bool(_typed(body, "stream", (bool,), "true or false"))
     opts = _typed(body, "stream_options", (dict,), "an object") or {}
     req.include_usage = req.stream and bool(_typed(opts, "include_usage", (bool,), "true or false"))
@@ -127,33 +189,38 @@ def _stop(stop: Any) -> list[str]:
         raise bad("stop must be a string or a list of strings", "stop", "invalid_type")
     if len(stops) > 4:
         raise bad(f"stop takes at most 4 sequences, got {len(stops)}", "stop")
-    return [s for s in stops if s]
+    return [_text(s, "stop") for s in stops if s]
 
 
-def _messages(messages: Any) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
+def _messages(messages: Any, limits: RequestLimits) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
     if not isinstance(messages, list) or not messages:
         raise bad("messages must be a non-empty list", "messages", "invalid_type")
-    out: list[dict[str, str]] = []
+    if len(messages) > limits.max_messages:
+        raise bad(f"{len(messages)} messages in one request; the limit is {limits.max_messages}", "messages",
+                  "too_many_messages")
+    turns: list[tuple[str, list[str]]] = []  # (role, texts): joined once at the end, so merging stays linear
     images: list[tuple[str, str]] = []
+    chars = 0
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise bad(f"{where} must be an object with role and content", where, "invalid_type")
         role = m.get("role")
-        if role not in ROLES:
-            raise bad(f"{where}.role must be one of {', '.join(ROLES)}, got {json.dumps(role)[:30]}",
-                      f"{where}.role")
-        text, urls = _content(m.get("content"), f"{where}.content", role)
+        if not isinstance(role, str) or role not in ROLES:
+            raise bad(f"{where}.role must be one of {', '.join(ROLES)}, got {brief(role)}", f"{where}.role")
+        text, urls = _content(m.get("content"), f"{where}.content", role, limits.max_text_chars - chars)
+        chars += len(text)
         images += urls
         role = ROLES[role]
-        if out and out[-1]["role"] == role:  # consecutive turns of one speaker read as one turn
-            out[-1]["content"] += "\n" + text
+        if turns and turns[-1][0] == role:  # consecutive turns of one speaker read as one turn
+            turns[-1][1].append(text)
         else:
-            out.append({"role": role, "content": text})
-    return out, images
+            turns.append((role, [text]))
+    return [{"role": role, "content": "\n".join(texts)} for role, texts in turns], images
 
 
-def _content(content: Any, where: str, role: str) -> tuple[str, list[tuple[str, str]]]:
+def _content(content: Any, where: str, role: str, room: int) -> tuple[str, list[tuple[str, str]]]:
+    """One message's content as text with markers, and its image URLs; `room`: characters of text left."""
     if isinstance(content, str):
         parts: list[Any] = [{"type": "text", "text": content}]
     elif isinstance(content, list) and content:
@@ -168,7 +235,11 @@ def _content(content: Any, where: str, role: str) -> tuple[str, list[tuple[str, 
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise bad(f"{p}.text must be a string", f"{p}.text", "invalid_type")
-            texts.append(part["text"])
+            room -= len(part["text"])
+            if room < 0:  # checked before any work on the text
+                raise bad("the messages hold more characters of text than this server takes in one request",
+                          "messages", "text_too_long")
+            texts.append(_text(part["text"], f"{p}.text" if isinstance(content, list) else p))
         elif kind == "image_url":
             if role != "user":
                 raise bad(f"{p}: images are only allowed in user messages", p)
@@ -176,7 +247,7 @@ def _content(content: Any, where: str, role: str) -> tuple[str, list[tuple[str, 
             url = ref.get("url") if isinstance(ref, dict) else ref
             if not isinstance(url, str) or not url:
                 raise bad(f"{p}.image_url.url must be a string URL", f"{p}.image_url.url", "invalid_type")
-            urls.append((url, f"{p}.image_url.url"))
+            urls.append((_text(url, f"{p}.image_url.url"), f"{p}.image_url.url"))
             texts.append(None)
         else:
             raise bad(f"{p} must be a content part of type 'text' or 'image_url'", f"{p}.type", "invalid_type")
@@ -213,16 +284,6 @@ def new_id() -> str:
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def load_images(refs: list[tuple[str, str]], limits: ImageLimits) -> list[Any]:
-    images = []
-    for url, param in refs:
-        try:
-            images.append(load_image_url(url, limits))
-        except ImageError as e:
-            raise bad(f"{param}: {e}", param, e.code) from None
-    return images
 
 
 def generation_args(vlm: Any, req: ChatRequest, n_images: int, default_max_tokens: int) -> dict[str, Any]:

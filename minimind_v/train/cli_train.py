@@ -10,6 +10,7 @@ from ..config import IMAGE_MARKER, options_from
 if TYPE_CHECKING:
     from .stage import StageOptions
 
+from ..arguments import device_name, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,10 +57,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
             s.add_argument("--feature-cache", default=None,
                            help="folder caching the frozen encoder's features (computed once, reused)")
             s.add_argument("--lr-projector", type=float, default=0.0, help="projector learning rate (0 = --lr)")
-        s.add_argument("--steps", type=int, default=0, help="optimizer steps (0: from --epochs)")
+        s.add_argument("--steps", type=positive_int, default=0, help="optimizer steps (default: from --epochs)")
         s.add_argument("--epochs", type=float, default=0, help="epochs (0: the stage's default)")
-        s.add_argument("--batch-size", type=int, default=0, help="samples per micro-batch per process")
-        s.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
+        s.add_argument("--batch-size", type=positive_int, default=0,
+                       help="samples per micro-batch per process (default: the stage's)")
+        s.add_argument("--accum", type=positive_int, default=1, help="micro-batches per optimizer step")
         s.add_argument("--max-len", type=int, default=0, help="maximum tokens per sample (longer rows skip)")
         s.add_argument("--lr", type=float, default=0.0, help="peak learning rate (0: the stage's default)")
         s.add_argument("--lr-llm", type=float, default=0.0, help="LLM learning rate (0 = --lr)")
@@ -72,7 +74,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         s.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                        help="autocast precision (auto: bf16 on a CUDA GPU that has it, else fp32)")
         s.add_argument("--compile", action="store_true", help="torch.compile the decoder blocks")
-        s.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (under torchrun: one GPU per rank)")
+        s.add_argument("--device", type=device_name, default="auto",
+                       help="auto, cpu, cuda, mps (under torchrun: one GPU per rank)")
         s.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
         s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
         s.add_argument("--seed", type=int, default=0)
