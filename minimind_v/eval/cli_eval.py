@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +123,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchOptions, run_benchmarks
+    from .bench import BenchOptions, efficiency_lines, run_benchmarks
 
     result = run_benchmarks(options_from(BenchOptions, args))
+    for line in efficiency_lines(result):  # the JSON goes to stdout; this summary beside it, on stderr
+        print(line, file=sys.stderr)
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
