@@ -156,15 +156,18 @@ def _timed(device: torch.device, x: torch.Tensor, w: torch.Tensor) -> float:
 def _matmul_gflops(device: torch.device, dt: torch.dtype, rows: int, dim: int, ffn: int) -> float:
     w = torch.randn(dim, ffn, device=device).to(dt)
     x = torch.randn(rows, dim, device=device).to(dt)
-    # Warm up on 8 rows (threads, caches, a kernel built on first use), then size the timed product from the
-    # fastest of those: a dtype without native kernels (bf16 on AVX2 runs at ~1/70 of fp32) is probed on fewer
-    # rows, so that each timed product still fits the time budget several times over.
-    start, per_row = time.perf_counter(), float("inf")
+    # Warm up on a few rows (threads, caches, a kernel built on first use), then time one product of 64 rows: a
+    # dtype without native kernels (bf16 on AVX2 runs at ~1/70 of fp32) is probed on fewer rows, so that several
+    # of its products fit the time budget. (Sizing from the 8-row products would let a busy machine's stalls,
+    # which dominate such short products, shrink a fast dtype's probe too.)
+    start = time.perf_counter()
     while time.perf_counter() - start < PROBE_WARMUP_S:
-        per_row = min(per_row, _timed(device, x[:8], w) / 8)
-    rows = max(8, min(rows, int(PROBE_SECONDS / 4 / max(per_row, 1e-9))))
+        x[:8] @ w
+    trial = min(rows, 64)
+    full = _timed(device, x[:trial], w) * rows / trial
+    if full > PROBE_SECONDS / 2:
+        rows = max(8, int(rows * PROBE_SECONDS / 2 / full))
     x = x[:rows]
-    x @ w
     start, best, n = time.perf_counter(), float("inf"), 0
     while n < 3 or time.perf_counter() - start < PROBE_SECONDS:
         best, n = min(best, _timed(device, x, w)), n + 1
