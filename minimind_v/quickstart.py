@@ -26,7 +26,7 @@ from .data.encode import SampleEncoder
 from .data.shapes_dataset import ShapesWorldDataset
 from .data.tokenizer import train_tokenizer
 from .data.world import STAGE_SEED_BLOCK, TOKENIZER_CORPUS_SEED
-from .device import pick_device
+from .device import pick_device, resolve_dtype
 from .eval.grid import draw_grid, pick_examples
 from .eval.shapes import evaluate_shapes, report_markdown
 from .infer.api import VLMChat
@@ -53,7 +53,7 @@ class QuickstartConfig:
     eval_per_kind: int = 50
     eval_digits: int = 360  # the whole held-out digit split
     workers: int = 1
-    dtype: str = "fp32"
+    dtype: str = "auto"  # autocast precision; auto: measured (device.choose_dtype)
     seed: int = 0  # training seed: the initial weights and every training scene (evaluation scenes never change)
 
 
@@ -118,6 +118,10 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
     say(f"      vocab {len(tok)}; LLM {model.llm.num_parameters() / 1e6:.2f}M params; encoder "
         f"{sum(p.numel() for p in model.vision.parameters()) / 1e6:.2f}M; {model.tokens_per_image} tokens/image")
 
+    choice = resolve_dtype(qs.dtype, dev, cfg.llm.dim, cfg.llm.ffn_dim)
+    say(f"      {choice.describe()}")
+    log(choice.row(stage="setup"))
+
     say(f"[2/6] vision: the encoder learns to see ({qs.vision_steps} steps)")
     _, heads = pretrain_vision(model.vision, steps=qs.vision_steps, batch_size=qs.vision_batch, seed=qs.seed,
                                device=dev, log=log)
@@ -127,7 +131,7 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
         + ", ".join(f"{k} {v:.3f}" for k, v in probe.items()))
 
     for i, (stage, tcfg, kinds) in enumerate([("pretrain", qs.pretrain, "caption"), ("sft", qs.sft, "sft")]):
-        tcfg = dataclasses.replace(tcfg, dtype=qs.dtype)
+        tcfg = dataclasses.replace(tcfg, dtype=choice.dtype)
         counts = apply_freeze(model, freeze_llm=0, train_vision=False)
         say(f"[{3 + i}/6] {stage}: {tcfg.steps} steps x {tcfg.batch_size}; trainable {counts}")
         dl = loader(model, tok, tcfg, kinds, qs, offset=stage_offset(qs.seed, i))
@@ -173,7 +177,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="default", choices=sorted(QUICKSTART_PRESETS),
                    help="default: the full recipe (~15 min on 2 CPU cores); smoke: the same path in seconds")
     p.add_argument("--device", type=device_name, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (default auto: bf16 where measured clearly faster, else fp32)")
     p.add_argument("--sft-steps", type=positive_int, default=None, help="override the SFT step count")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers rendering the data")
     p.add_argument("--seed", type=int, default=None,

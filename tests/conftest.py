@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ from minimind_v.data.tokenizer import train_tokenizer
 from minimind_v.model.checkpoint import save_llm_run, save_run
 from minimind_v.model.llm import MiniMindLM
 from minimind_v.model.vlm import MiniMindVLM
+
+# The precision probe (--dtype auto) caches its measurements here, not in the user's cache folder; subprocesses
+# inherit it.
+os.environ["MINIMIND_V_CACHE"] = tempfile.mkdtemp(prefix="minimind-v-cache-")
 
 # The tests run tiny models, for which one thread beats two: thread hand-offs cost more than the matmuls.
 torch.set_num_threads(1)

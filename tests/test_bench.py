@@ -31,7 +31,9 @@ def test_bench_json_has_every_figure(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert main(["bench", *TINY, "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res == json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    assert res == json.loads(printed.out)
+    assert "of the fp32 matmul peak, 50.0 GFLOP/s (--peak-tflops)" in printed.err
     train = res["train"]["fp32"]
     for key in ("samples_per_s", "tokens_per_s", "data_s", "vision_s", "llm_forward_s", "backward_s", "optimizer_s",
                 "step_s", "mfu", "achieved_tflops"):
@@ -46,6 +48,9 @@ def test_bench_json_has_every_figure(tmp_path, capsys):
         assert dec[b]["decode_tokens_per_s"]["median"] > 0 and dec[b]["time_to_first_token_s"]["min"] > 0
     assert train["peak_memory_mb"]["peak_mb"] > 50 and res["params_M"]["llm"] > 0
     assert res["peak_source"] == "--peak-tflops" and res["dtypes"] == ["fp32"]
+    eff = res["efficiency"]["fp32"]  # achieved FLOP/s against the peak of the precision trained in
+    assert eff["peak_tflops"] == 0.05 and eff["share_of_peak"] == pytest.approx(train["mfu"]["median"], abs=1e-4)
+    assert eff["share_of_peak_model"] >= eff["share_of_peak"] > 0
 
 
 def test_bench_reads_a_parquet_set_and_groups_lengths(tmp_path, capsys):
@@ -132,3 +137,16 @@ def test_bench_an_existing_run_directory(tiny_run, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["params_M"]["llm"] < 0.1  # the tiny run's own model, not a preset
     assert res["train"]["fp32"]["samples_per_s"]["n"] == 1 and "batch2" in res["decode"]["fp32"]
+
+
+def test_bench_measures_each_precisions_own_peak(tiny_run, capsys):
+    args = ["bench", "--model", str(tiny_run), "--batch-size", "2", "--max-len", "64", "--warmup", "0", "--steps", "1",
+            "--repeats", "1", "--only", "train", "--dtype", "fp32", "--dtype", "bf16"]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    res = json.loads(printed.out)
+    assert res["peak_source"] == "measured matmul" and set(res["efficiency"]) == {"fp32", "bf16"}
+    for dt, eff in res["efficiency"].items():
+        assert eff["peak_tflops"] == pytest.approx(res["peak_tflops"][dt], abs=1e-4) and eff["peak_tflops"] > 0
+        assert eff["share_of_peak"] == pytest.approx(eff["achieved_tflops"] / eff["peak_tflops"], rel=1e-2)
+        assert f"train {dt}: " in printed.err and f"of the {dt} matmul peak" in printed.err

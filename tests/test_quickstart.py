@@ -37,8 +37,11 @@ def test_quickstart_smoke_end_to_end(tmp_path):
     assert kinds <= set(summary)
     assert summary["digit"]["n"] == 20  # the smoke preset scores 20 of the 360 held-out digits
     assert "| kind |" in res.stdout and "examples (pictures in" in res.stdout
-    stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert {"vision", "pretrain", "sft"} <= stages
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"vision", "pretrain", "sft"} <= {row["stage"] for row in rows}
+    picked = [row for row in rows if row.get("event") == "dtype"]  # --dtype auto: measured, printed, recorded
+    assert len(picked) == 1 and picked[0]["dtype"] in ("fp32", "bf16") and set(picked[0]["gflops"]) == {"fp32", "bf16"}
+    assert f"dtype {picked[0]['dtype']}:" in res.stdout
     # the saved model answers through the one-shot CLI
     img = tmp_path / "a.png"
     from minimind_v.data import world

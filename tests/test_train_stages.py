@@ -64,6 +64,16 @@ def test_every_stage_writes_a_loadable_run(recipe):
     assert model(ids).logits.shape[-1] == model.cfg.llm.vocab_size
 
 
+def test_every_stage_records_its_precision(recipe):
+    r, _ = recipe
+    for stage in ("llm_sft", "vlm_pre", "vlm_sft"):
+        rows = [json.loads(x) for x in (r / stage / "metrics.jsonl").read_text().splitlines()]
+        picked = [x for x in rows if x.get("event") == "dtype"]
+        trained = json.loads((r / stage / "stage.json").read_text())["train"]["dtype"]
+        assert len(picked) == 1 and picked[0]["dtype"] == trained, stage  # --dtype auto: measured, then used
+        assert set(picked[0]["gflops"]) == {"fp32", "bf16"} and min(picked[0]["gflops"].values()) > 0
+
+
 def test_freeze_strategies(recipe):
     r, _ = recipe
     llm = load_file(str(r / "llm_sft" / "model.safetensors"))

@@ -9,6 +9,8 @@ Model FLOPs utilisation: the FLOPs that eval/flops.py counts (attention's T^2 te
 understated) over real (non-padding) tokens: compute spent on padding is waste and lowers MFU. The peak is
 `--peak-tflops`, or else a matmul measured here in the same dtype.
 `mfu` divides by the whole step; `mfu_model` leaves the data phase out (in training, DataLoader workers overlap it).
+`efficiency` puts both beside the peak of the precision each dtype trained in (fp32's for fp32, bf16's for
+bf16), and the command prints them in words on stderr.
 """
 from __future__ import annotations
 
@@ -246,6 +248,7 @@ def run_benchmarks(o: BenchOptions) -> dict[str, Any]:
     res = _header(o, device, model, peaks, dtypes, loaded)
     if "train" in sections:
         tok = _bench_training(o, model, tok, device, dtypes, peaks, mem, res)
+        res["efficiency"] = efficiency(res["train"], peaks, res["peak_source"])
     if "decode" in sections:
         _bench_decoding(o, model, tok, device, dtypes, mem, res)
     return res
@@ -310,6 +313,28 @@ def _bench_training(o: BenchOptions, model: MiniMindVLM, tok: Any, device: torch
         r["peak_memory_mb"] = mem.read()
         res["train"][dt] = r
     return tok
+
+
+def efficiency(train: dict[str, Any], peaks: dict[str, float], source: str) -> dict[str, Any]:
+    """Per dtype trained: the model's achieved FLOP/s (median) as a share of the matmul peak of that same
+    precision; `_model` leaves the data phase out, as the trainer's DataLoader workers overlap it."""
+    out: dict[str, Any] = {}
+    for dt, r in train.items():
+        if dt not in peaks:
+            continue
+        got, got_model = r["achieved_tflops"]["median"], r["achieved_tflops_model"]["median"]
+        out[dt] = {"achieved_tflops": got, "achieved_tflops_model": got_model, "peak_tflops": round(peaks[dt], 6),
+                   "peak_source": source, "share_of_peak": round(got / peaks[dt], 4),
+                   "share_of_peak_model": round(got_model / peaks[dt], 4)}
+    return out
+
+
+def efficiency_lines(res: dict[str, Any]) -> list[str]:
+    """res["efficiency"] in words, one line per dtype."""
+    return [f"train {dt}: {e['achieved_tflops'] * 1e3:.1f} GFLOP/s achieved ({e['achieved_tflops_model'] * 1e3:.1f} "
+            f"without the data phase) = {e['share_of_peak']:.1%} ({e['share_of_peak_model']:.1%}) of the {dt} "
+            f"matmul peak, {e['peak_tflops'] * 1e3:.1f} GFLOP/s ({e['peak_source']})"
+            for dt, e in res.get("efficiency", {}).items()]
 
 
 def _bench_decoding(o: BenchOptions, model: MiniMindVLM, tok: Any, device: torch.device, dtypes: list[str],

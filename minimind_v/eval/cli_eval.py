@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +166,11 @@ def _evaluate_run(args: argparse.Namespace, run_dir: Path, items: list[dict[str,
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchOptions, run_benchmarks
+    from .bench import BenchOptions, efficiency_lines, run_benchmarks
 
     result = run_benchmarks(options_from(BenchOptions, args))
+    for line in efficiency_lines(result):  # the JSON goes to stdout; this summary beside it, on stderr
+        print(line, file=sys.stderr)
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

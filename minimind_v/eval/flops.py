@@ -15,6 +15,8 @@ import torch
 from ..data.chat import IGNORE_INDEX
 from ..model.vlm import MiniMindVLM
 
+NATIVE_GFLOPS = 20.0  # a CPU matmul slower than this (one 512 product) has no native kernels for its dtype
+
 
 def summary(xs: list[float], digits: int = 4) -> dict[str, float]:
     return {"min": round(min(xs), digits), "median": round(statistics.median(xs), digits),
@@ -31,9 +33,16 @@ def matmul_peak_tflops(device: torch.device, dtype: str, reps: int = 6, min_seco
 
     The time floor matters: a CPU probe of a few dozen milliseconds right after start-up measured half the
     speed the same matmul reaches a second later (threads and caches still warming up)."""
-    # CPU: 1024 is at full speed in fp32; 512 keeps the probe quick where bf16 has no native kernels
-    n = 4096 if device.type == "cuda" else (1024 if dtype == "fp32" else 512)
+    # CPU: 1024 is at full speed in fp32, and in bf16 where the CPU has bf16 kernels (AVX512_BF16, AMX);
+    # where it has none (tens of times slower) 512 keeps the probe quick. One 512 product tells them apart.
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    n = 4096 if device.type == "cuda" else 1024
+    if device.type == "cpu" and dtype != "fp32":
+        a = torch.randn(512, 512, dtype=dt)
+        a[:8] @ a  # the first call may build its kernel
+        t = time.perf_counter()
+        a @ a
+        n = 1024 if 2 * 512 ** 3 / (time.perf_counter() - t) > NATIVE_GFLOPS * 1e9 else 512
     a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
     best, start, done = float("inf"), time.perf_counter(), 0
     while done <= reps or time.perf_counter() - start < min_seconds:

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from ..data.chat import count_markers, encode_prompt
-from ..device import pick_device
+from .. import runs
+from ..device import pick_device, resolve_dtype
 from ..model.checkpoint import load_run
 from ..model.vlm import MiniMindVLM
 from .generate import GenerationConfig, check_fits, compile_decoding, generate
@@ -124,8 +126,12 @@ def load(path: str | Path, device: str = "auto", weights: str = "fp32", encoder_
     weights="bf16" (or "fp16") keeps the weights in half precision: half the memory, faster decoding at
     batch 1 on CPU, answers within rounding of float32 (see model/half.py). encoder_weights (default: the
     same) may also be "int8": a quarter of the encoder's float32 memory. compile=True compiles the decoding
-    step (infer/generate.py: compile_decoding): faster answers once the first one has paid for it."""
+    step (infer/generate.py: compile_decoding): faster answers once the first one has paid for it.
+    weights="auto" (what the commands default to) measures: bf16 where bf16 products are clearly faster
+    than fp32 on this device (device.choose_dtype), else fp32; the choice is printed to stderr."""
     dev = pick_device(device)
+    if weights == "auto":
+        weights = auto_weights(path, dev)
     try:
         model, tok = load_run(path, dev, weights=weights, encoder_weights=encoder_weights)
     except SafetensorError as e:  # a truncated or corrupt weights file: name it, no traceback
@@ -134,3 +140,11 @@ def load(path: str | Path, device: str = "auto", weights: str = "fp32", encoder_
     if compile:
         compile_decoding(model)
     return VLMChat(model, tok, dev)
+
+
+def auto_weights(path: str | Path, device: torch.device) -> str:
+    """The decoder's weight storage for --weights auto: the probe's choice for the run's shapes."""
+    llm = runs.read_config(Path(path))[0].llm
+    choice = resolve_dtype("auto", device, llm.dim, llm.ffn_dim or llm.moe_ffn_dim)
+    print(f"weights {choice.weights} ({choice.describe()})", file=sys.stderr, flush=True)
+    return choice.weights

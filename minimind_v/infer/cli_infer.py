@@ -47,11 +47,12 @@ def add_server_arguments(p: argparse.ArgumentParser, port: int, model_help: str)
 
 def add_loading_arguments(p: argparse.ArgumentParser) -> None:
     """--weights / --encoder-weights / --compile, for every command that loads a model to answer with."""
-    p.add_argument("--weights", choices=["fp32", "bf16", "fp16"], default="fp32",
+    p.add_argument("--weights", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="weight storage: bf16/fp16 halve the memory and speed up decoding at batch 1 "
-                        "(activations stay fp32)")
+                        "(activations stay fp32); auto: bf16 where bf16 matmuls are measured clearly faster "
+                        "than fp32, else fp32")
     p.add_argument("--encoder-weights", choices=["fp32", "bf16", "fp16", "int8"], default=None,
-                   help="the vision encoder's weight storage (default: as --weights); int8 takes a quarter of fp32")
+                   help="the vision encoder's weight storage (default: as --weights, once auto is decided); int8 takes a quarter of fp32")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decoding step: faster answers after a first one that compiles (~1 min)")
 

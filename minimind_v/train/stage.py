@@ -25,7 +25,7 @@ from ..data.feature_cache import CachedSampleEncoder, FeatureCache, FeatureFille
 from ..data.formats import SampleReader
 from ..data.robust import RowDataset, SkipCollate, TextEncoder
 from ..data.tokenizer import load_tokenizer
-from ..device import pick_device
+from ..device import DtypeChoice, pick_device, resolve_dtype
 from ..model.checkpoint import load_llm_weights, load_run, save_llm_run, save_run
 from ..model.vlm import MiniMindVLM
 from ..runs import read_llm, write_text
@@ -77,7 +77,7 @@ class StageOptions:
     # how batches are made and where it runs
     pack: bool = False
     group_by_length: bool = False
-    dtype: str = "auto"  # auto: bf16 on a CUDA GPU that has it, else fp32
+    dtype: str = "auto"  # auto: bf16 where it is measured to be clearly faster (device.choose_dtype)
     compile: bool = False
     device: str = "auto"
     workers: int = 2
@@ -160,6 +160,21 @@ def _no_images(images: list) -> torch.Tensor:
     raise ValueError("an LLM stage got a row with images")
 
 
+def stage_dtype(opts: StageOptions, model: torch.nn.Module, device: torch.device, dist: Any) -> DtypeChoice:
+    """The autocast precision: as asked, else the one the run being resumed used, else measured (the probe).
+
+    Every process must train in the same precision: bf16 only where all of them measured it faster."""
+    if opts.dtype == "auto" and opts.resume and (Path(opts.out) / "stage.json").is_file():
+        before = json.loads((Path(opts.out) / "stage.json").read_text())["train"]["dtype"]
+        return DtypeChoice(before, reason="the precision of the run being resumed")
+    cfg = model.llm.cfg
+    choice = resolve_dtype(opts.dtype, device, cfg.dim, cfg.ffn_dim or cfg.moe_ffn_dim)
+    agree = dist.all_sum(torch.tensor([int(choice.dtype == "bf16")], device=device))
+    if int(agree[0]) not in (0, dist.world):
+        choice = DtypeChoice("fp32", reason="bf16 was measured faster by only some of the processes")
+    return choice
+
+
 def run_stage(opts: StageOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
     d = STAGE_DEFAULTS[opts.stage]
     dist, dist_device = init_distributed(opts.device)
@@ -180,9 +195,8 @@ def run_stage(opts: StageOptions, say: Callable[[str], None] = print) -> dict[st
         batch = opts.batch_size or d.batch_size
         loader, filler = build_loader(opts, model, tok, max_len, batch, dist.rank, dist.world)
         steps = opts.steps or math.ceil((opts.epochs or d.epochs) * loader.per_epoch / opts.accum)
-        dtype = opts.dtype
-        if dtype == "auto":
-            dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        choice = stage_dtype(opts, model, device, dist)
+        dtype = choice.dtype
         cfg = TrainConfig(steps=steps, batch_size=batch, lr=opts.lr or d.lr, min_lr_ratio=opts.min_lr_ratio,
                           warmup=opts.warmup, weight_decay=opts.weight_decay, grad_clip=opts.grad_clip, dtype=dtype,
                           log_every=opts.log_every, seed=opts.seed, accum=opts.accum, lr_projector=opts.lr_projector,
@@ -192,6 +206,9 @@ def run_stage(opts: StageOptions, say: Callable[[str], None] = print) -> dict[st
             say(f"{opts.stage}: {len(loader.dataset)} rows, {steps} steps x {batch} x {opts.accum} accum x "
                 f"{dist.world} processes on {device} ({dtype}); trainable {counts}; max_len {max_len}"
                 f"{'; packed' if opts.pack else ''}")
+            say(choice.describe())
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(choice.row(stage=opts.stage)) + "\n")
             write_text(out / "stage.json", json.dumps({"stage": opts.stage, "args": dataclasses.asdict(opts),
                                                        "train": dataclasses.asdict(cfg)}, indent=2, default=str))
         extra = {"stage": opts.stage, "source": str(opts.from_run or opts.from_llm or opts.tokenizer or "")}
