@@ -84,6 +84,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_run(tmp_path_factory.mktemp("tiny_run"))
 
 
+@pytest.fixture(scope="module")
+def vlm(tiny_run: Path):
+    """The tiny run loaded for answering, once per test module."""
+    import minimind_v
+
+    return minimind_v.load(str(tiny_run), device="cpu")
+
+
 def write_tiny_llm_run(out: str | Path, seed: int = 0) -> Path:
     """A random tiny LLM run directory (tokenizer learnt from WORDS) to start VLM stages from."""
     torch.manual_seed(seed)

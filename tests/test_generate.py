@@ -39,11 +39,6 @@ class ScriptedLM(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def vlm(tiny_run):
-    return minimind_v.load(str(tiny_run), device="cpu")
-
-
-@pytest.fixture(scope="module")
 def tok(tiny_run):
     return load_tokenizer(tiny_run)
 

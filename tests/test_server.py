@@ -19,7 +19,6 @@ pytest.importorskip("uvicorn", reason="the server needs uvicorn (pip install min
 httpx = pytest.importorskip("httpx", reason="these tests need httpx")
 openai = pytest.importorskip("openai", reason="these tests need the openai client (pip install openai)")
 
-import minimind_v  # noqa: E402
 from minimind_v.infer.images import ImageLimits  # noqa: E402
 from minimind_v.infer.server import ServerSettings, create_app, serve_in_thread  # noqa: E402
 
@@ -52,11 +51,6 @@ def user(*parts) -> list[dict]:
 
 def image_part(url: str) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
-
-
-@pytest.fixture(scope="module")
-def vlm(tiny_run):
-    return minimind_v.load(str(tiny_run), device="cpu")
 
 
 @pytest.fixture(scope="module")

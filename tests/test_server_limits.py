@@ -25,7 +25,6 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the server needs fastapi (pip install minimind-v[serve])")
 httpx = pytest.importorskip("httpx", reason="these tests need httpx")
 
-import minimind_v  # noqa: E402
 from minimind_v.infer.admission import image_cost, resized_size  # noqa: E402
 from minimind_v.infer.fetch import checked_address, fetch_image  # noqa: E402
 from minimind_v.infer.hostile import data_url, png_header  # noqa: E402
@@ -53,11 +52,6 @@ def image(url: str) -> dict:
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-@pytest.fixture(scope="module")
-def vlm(tiny_run):
-    return minimind_v.load(str(tiny_run), device="cpu")
 
 
 @pytest.fixture(scope="module")

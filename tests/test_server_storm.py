@@ -14,17 +14,11 @@ pytest.importorskip("fastapi", reason="the server needs fastapi (pip install min
 pytest.importorskip("httpx", reason="these tests need httpx")
 openai = pytest.importorskip("openai", reason="these tests need the openai client (pip install openai)")
 
-import minimind_v  # noqa: E402
 from minimind_v.infer.hostile import HostileGenerator, storm  # noqa: E402
 from minimind_v.infer.images import ImageLimits  # noqa: E402
 from minimind_v.infer.server import ServerSettings, create_app, serve_in_thread  # noqa: E402
 
 N = 320  # 20 of each kind
-
-
-@pytest.fixture(scope="module")
-def vlm(tiny_run):
-    return minimind_v.load(str(tiny_run), device="cpu")
 
 
 @pytest.fixture(scope="module")
