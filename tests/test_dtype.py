@@ -10,7 +10,7 @@ from minimind_v import device as dev
 from minimind_v.config import llm_preset
 from minimind_v.data.batches import PadCollate
 from minimind_v.data.robust import SkipCollate
-from minimind_v.infer.api import auto_weights
+from minimind_v.infer.api import auto_weights, load
 from minimind_v.train.distributed import Dist
 from minimind_v.train.lm_only import LMOnly
 from minimind_v.train.loader import EpochLoader
@@ -133,13 +133,14 @@ def test_stage_auto_measures_and_resume_keeps_the_runs_precision(cache, tmp_path
 
 def test_weights_auto_follows_the_probe(cache, tiny_run, monkeypatch, capsys):
     fake_probe(monkeypatch, 100.0, 300.0)
-    assert auto_weights(tiny_run, CPU) == "bf16"
+    assert auto_weights(tiny_run, CPU).weights == "bf16"
+    load(str(tiny_run), device="cpu", weights="auto")  # says what it chose, once the model has loaded
     assert "weights bf16" in capsys.readouterr().err
     fake_probe(monkeypatch, 100.0, 2.0)
-    assert auto_weights(tiny_run, CPU) == "bf16"  # cached: the same machine and shapes
-    assert auto_weights(tiny_run, CPU) == dev.choose_dtype(CPU, 32, 64).weights
+    assert auto_weights(tiny_run, CPU).weights == "bf16"  # cached: the same machine and shapes
+    assert auto_weights(tiny_run, CPU).weights == dev.choose_dtype(CPU, 32, 64).weights
     dev.choose_dtype(CPU, 32, 64, fresh=True)
-    assert auto_weights(tiny_run, CPU) == "fp32"
+    assert auto_weights(tiny_run, CPU).weights == "fp32"
 
 
 def test_the_real_probe_is_short_and_sane(cache):

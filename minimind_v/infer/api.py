@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 
 from ..data.chat import count_markers, encode_prompt
 from .. import runs
-from ..device import pick_device, resolve_dtype
+from ..device import DtypeChoice, pick_device, resolve_dtype
 from ..model.checkpoint import load_run
 from ..model.vlm import MiniMindVLM
 from .generate import GenerationConfig, check_fits, compile_decoding, generate
@@ -130,21 +130,21 @@ def load(path: str | Path, device: str = "auto", weights: str = "fp32", encoder_
     weights="auto" (what the commands default to) measures: bf16 where bf16 products are clearly faster
     than fp32 on this device (device.choose_dtype), else fp32; the choice is printed to stderr."""
     dev = pick_device(device)
-    if weights == "auto":
-        weights = auto_weights(path, dev)
+    choice = auto_weights(path, dev) if weights == "auto" else None
     try:
-        model, tok = load_run(path, dev, weights=weights, encoder_weights=encoder_weights)
+        model, tok = load_run(path, dev, weights=choice.weights if choice else weights,
+                              encoder_weights=encoder_weights)
     except SafetensorError as e:  # a truncated or corrupt weights file: name it, no traceback
         raise ValueError(f"the weights in {str(path)!r} cannot be read (a corrupt or incomplete .safetensors "
                          f"file?): {e}") from None
+    if choice:  # said once the model has loaded, so an error stays the only line a failed load prints
+        print(f"weights {choice.weights} ({choice.describe()})", file=sys.stderr, flush=True)
     if compile:
         compile_decoding(model)
     return VLMChat(model, tok, dev)
 
 
-def auto_weights(path: str | Path, device: torch.device) -> str:
-    """The decoder's weight storage for --weights auto: the probe's choice for the run's shapes."""
+def auto_weights(path: str | Path, device: torch.device) -> DtypeChoice:
+    """The probe's choice for --weights auto, for the run's shapes (`.weights` is the decoder's storage)."""
     llm = runs.read_config(Path(path))[0].llm
-    choice = resolve_dtype("auto", device, llm.dim, llm.ffn_dim or llm.moe_ffn_dim)
-    print(f"weights {choice.weights} ({choice.describe()})", file=sys.stderr, flush=True)
-    return choice.weights
+    return resolve_dtype("auto", device, llm.dim, llm.ffn_dim or llm.moe_ffn_dim)
