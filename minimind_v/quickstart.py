@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import random
 import time
@@ -136,6 +137,10 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
         say(f"[{3 + i}/6] {stage}: {tcfg.steps} steps x {tcfg.batch_size}; trainable {counts}")
         dl = loader(model, tok, tcfg, kinds, qs, offset=stage_offset(qs.seed, i))
         train(model, dl, tcfg, device=dev, metrics_path=metrics, stage=stage)
+        # Collect this stage's finished loader here: a next stage's forked worker would otherwise inherit it and
+        # try to shut down workers that are not its own children when its garbage collector finds it.
+        del dl
+        gc.collect()
 
     model.eval()
     save_run(model, tok, run, extra={"train_seconds": round(time.time() - t0, 1)})
