@@ -138,7 +138,8 @@ def measure_matmuls(device: torch.device, dtypes: tuple[str, ...], dim: int, ffn
     return {dt: round(_matmul_gflops(device, TORCH_DTYPES[dt], tokens, dim, ffn), 3) for dt in dtypes}
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock timing covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -146,10 +147,10 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(device: torch.device, x: torch.Tensor, w: torch.Tensor) -> float:
-    _sync(device)
+    sync(device)
     t = time.perf_counter()
     x @ w
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t
 
 

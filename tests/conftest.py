@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny, randomly initialised run directory that every front end can load in a second."""
 from __future__ import annotations
 
+import io
 import os
 import random
 import tempfile
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from minimind_v.config import LLMConfig, VisionConfig, VLMConfig, llm_preset, padded_vocab
 from minimind_v.data.synthetic import WORDS
@@ -90,6 +92,13 @@ def vlm(tiny_run: Path):
     import minimind_v
 
     return minimind_v.load(str(tiny_run), device="cpu")
+
+
+def png(size: tuple[int, int] = (40, 40), color: tuple[int, int, int] = (200, 20, 20)) -> bytes:
+    """A one-colour PNG file's bytes."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def write_tiny_llm_run(out: str | Path, seed: int = 0) -> Path:

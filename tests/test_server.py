@@ -19,17 +19,12 @@ pytest.importorskip("uvicorn", reason="the server needs uvicorn (pip install min
 httpx = pytest.importorskip("httpx", reason="these tests need httpx")
 openai = pytest.importorskip("openai", reason="these tests need the openai client (pip install openai)")
 
+from conftest import png  # noqa: E402
 from minimind_v.infer.images import ImageLimits  # noqa: E402
 from minimind_v.infer.server import ServerSettings, create_app, serve_in_thread  # noqa: E402
 
 KEY = "sk-test-123"
 JSON = {"Content-Type": "application/json"}
-
-
-def png(size=(40, 40), color=(200, 20, 20)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def data_url(data: bytes, media: str = "image/png") -> str:

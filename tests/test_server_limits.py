@@ -25,6 +25,7 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the server needs fastapi (pip install minimind-v[serve])")
 httpx = pytest.importorskip("httpx", reason="these tests need httpx")
 
+from conftest import png  # noqa: E402
 from minimind_v.infer.admission import image_cost, resized_size  # noqa: E402
 from minimind_v.infer.fetch import checked_address, fetch_image  # noqa: E402
 from minimind_v.infer.hostile import data_url, png_header  # noqa: E402
@@ -33,12 +34,6 @@ from minimind_v.infer.openai_protocol import RequestLimits, parse_chat_request  
 from minimind_v.infer.server import ServerSettings, create_app, serve_in_thread  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
-
-
-def png(size=(40, 40), color=(200, 20, 20)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def ask(*parts, **extra) -> dict:

@@ -29,7 +29,7 @@ from ..data.batches import PackCollate, PadCollate
 from ..data.chat import encode_conversation
 from ..data.encode import SampleEncoder
 from ..data.synthetic import random_image
-from ..device import autocast, pick_device
+from ..device import autocast, pick_device, sync
 from ..infer.generate import compile_decoding
 from ..model.vlm import MiniMindVLM
 from ..train.freeze import apply_freeze
@@ -37,7 +37,7 @@ from ..train.loader import EpochLoader
 from ..train.optim import make_optimizer
 from ..train.trainer import TrainConfig, lm_loss, to_device
 from .decode_bench import bench_decode, inference_rss_of, weights_label, with_weights
-from .flops import device_name, flops_per_step, matmul_peak_tflops, summary, sync
+from .flops import device_name, flops_per_step, matmul_peak_tflops, summary
 from .memory import PeakMemory
 
 WORDS = ("the a red blue green small large round square cat dog car tree house sky cloud sun river road bird "

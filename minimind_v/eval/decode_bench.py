@@ -25,11 +25,11 @@ import torch
 
 from ..data.chat import encode_prompt
 from ..data.synthetic import random_image
-from ..device import autocast
+from ..device import autocast, sync
 from ..infer.generate import GenerationConfig, generate_stream
 from ..model.half import STORAGE_DTYPES, store_encoder_weights, store_weights
 from ..model.vlm import MiniMindVLM
-from .flops import summary, sync
+from .flops import summary
 from .memory import PeakMemory
 
 QUESTION = "<image>\nDescribe this image."

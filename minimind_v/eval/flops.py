@@ -6,13 +6,13 @@ token, and 2 per encoder parameter per patch for a frozen encoder (forward only)
 """
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 
 import torch
 
 from ..data.chat import IGNORE_INDEX
+from ..device import machine, sync
 from ..model.vlm import MiniMindVLM
 
 NATIVE_GFLOPS = 20.0  # a CPU matmul slower than this (one 512 product) has no native kernels for its dtype
@@ -21,11 +21,6 @@ NATIVE_GFLOPS = 20.0  # a CPU matmul slower than this (one 512 product) has no n
 def summary(xs: list[float], digits: int = 4) -> dict[str, float]:
     return {"min": round(min(xs), digits), "median": round(statistics.median(xs), digits),
             "max": round(max(xs), digits), "n": len(xs)}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_peak_tflops(device: torch.device, dtype: str, reps: int = 6, min_seconds: float = 1.0) -> float:
@@ -78,10 +73,4 @@ def flops_per_step(model: MiniMindVLM, batch: dict[str, torch.Tensor]) -> float:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({torch.backends.cpu.get_cpu_capability()})"
-    except OSError:
-        pass
-    return platform.processor() or device.type
+    return machine()[0]
