@@ -10,6 +10,7 @@ no-op. NCCL joins GPUs, gloo joins CPU processes (which is how the tests check D
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 
 import torch
@@ -67,4 +68,12 @@ def init_distributed(device: str = "auto") -> tuple[Dist, torch.device | None]:
 
 def close_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "gloo":
+            # Every process finishes its last exchange before any tears the group down: one that exits while
+            # another's gloo thread still talks to it aborts ("terminate called without an active exception").
+            # Bounded, so a process whose peer already died does not wait forever.
+            try:
+                dist.monitored_barrier(timeout=timedelta(seconds=60))
+            except RuntimeError:
+                pass
         dist.destroy_process_group()
