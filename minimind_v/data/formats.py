@@ -4,7 +4,8 @@ Three on-disk layouts give the same sample, `{"conversations": [{"role", "conten
 
   - JSON-lines (MiniMind-V's format): `{"conversations": [...], "image": "a.jpg"}` or `"image": "0.jpg, 1.jpg"`,
     image names relative to an image folder. The file is scanned once for line offsets (8 bytes per row); a row
-    is read by seeking to its offset, so 500K rows cost a few MB of RAM, not the file.
+    is read by seeking to its offset, so 500K rows cost a few MB of RAM, not the file. LLaVA's `.json` files (one
+    JSON array of such rows, ShareGPT's from/value messages) are indexed the same way (json_array.py).
   - parquet: `conversations` (a JSON string or a list of messages) and `image_bytes` (one binary or a list of
     them). Rows are read by row group through pyarrow; the last few groups stay cached per process, so a
     sampler that walks a group's rows together (see `blocks()`) reads each group once per epoch.
@@ -26,6 +27,7 @@ from PIL import Image
 
 from ..config import IMAGE_MARKER
 from .chat import ROLES, count_markers
+from .json_array import JsonArrayRows
 from .rows import BadRow, JsonlRows, ParquetRows, open_rows
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # anything larger is a mistake or a decompression bomb, not a training image
@@ -159,6 +161,8 @@ class SampleReader:
         if isinstance(self.rows, JsonlRows):
             ends = np.append(self.rows.offsets[1:], self.path.stat().st_size)
             return ends - self.rows.offsets
+        if isinstance(self.rows, JsonArrayRows):
+            return self.rows.lengths.copy()
         if isinstance(self.rows, ParquetRows):
             import pyarrow.compute as pc
             import pyarrow.parquet as pq

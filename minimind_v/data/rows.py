@@ -1,6 +1,7 @@
 """Row sources: index -> a plain dict of the row's fields, for each on-disk layout, without loading the file.
 
   - JsonlRows:  a JSON-lines file, scanned once for line offsets (8 bytes per row), rows read by seeking;
+  - JsonArrayRows (json_array.py): one JSON array (LLaVA's .json files), indexed the same way;
   - ParquetRows: one parquet file or a folder of them, read one row group at a time (the last few cached);
   - HFDiskRows: a `datasets` dataset written by `save_to_disk` (memory-mapped Arrow; needs `datasets`).
 
@@ -200,7 +201,9 @@ def open_rows(path: Path, split: str = "train") -> JsonlRows | ParquetRows | HFD
     if path.suffix == ".parquet":
         return ParquetRows(path)
     if path.suffix in (".jsonl", ".json", ".jsonlines"):
-        return JsonlRows(path)
+        from .json_array import JsonArrayRows, starts_with_array  # LLaVA's files are one JSON array
+
+        return JsonArrayRows(path) if path.is_file() and starts_with_array(path) else JsonlRows(path)
     if not path.exists():
         raise FileNotFoundError(f"no dataset at {str(path)!r}")
     raise ValueError(f"cannot tell the format of {str(path)!r}: use .jsonl, .parquet, or a saved datasets folder")
