@@ -166,3 +166,34 @@ def test_unknown_format_is_a_clear_error(tmp_path):
         SampleReader(tmp_path / "x.csv")
     with pytest.raises(FileNotFoundError):
         SampleReader(tmp_path / "nope.jsonl")
+
+
+def test_text_rows_with_a_placeholder_image_train_as_text(tmp_path, tiny_run):
+    """MiniMind-V's SFT set keeps language ability with text-only rows that carry an 8 x 8 black image and no
+    <image> marker: they become text-only samples, counted; --unmarked-images error rejects them instead."""
+    import io
+
+    from minimind_v.data.check import CheckOptions, check_dataset
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    rows, _ = synthetic_rows(3, seed=2)
+    rows.append({"conversations": [{"role": "user", "content": "What is two plus two?"},
+                                   {"role": "assistant", "content": "Four."}], "images": [buf.getvalue()]})
+    path = write_parquet(rows, tmp_path / "sft.parquet")
+    reader = SampleReader(path)
+    rec = reader.record(3)
+    assert rec["images"] == [] and rec["unmarked_images"] == 1
+    with pytest.raises(BadRow, match="placeholder_mismatch"):
+        SampleReader(path, unmarked_images="error").record(3)
+    model, tok = load_run(tiny_run)
+    ds = RowDataset(reader, SampleEncoder(tok, model.vision.preprocess, model.tokens_per_image, max_len=300))
+    batch = SkipCollate()([ds[i] for i in range(4)])
+    assert batch["pixel_values"].shape[0] == 3 and batch["n_samples"] == 4  # the text row brought no image
+    tally = SkipTally()
+    tally.add(batch)
+    assert tally.notes == {"text_only_unmarked_image": 1} and "1 rows trained as text-only" in tally.summary()
+    report = check_dataset(path, CheckOptions(), progress=False)
+    assert report.ok == 4 and report.text_only == 1 and "train as text-only" in report.text()
+    strict = check_dataset(path, CheckOptions(unmarked_images="error"), progress=False)
+    assert strict.problems == {"placeholder_mismatch": 1}

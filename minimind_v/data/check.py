@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..config import IMAGE_TOKEN
+from ..config import IMAGE_MARKER, IMAGE_TOKEN
 from .chat import SampleTooLong, encode_conversation
 from .formats import MAX_IMAGE_PIXELS, BadRow, SampleReader, load_image
 from .rows import REASONS
@@ -35,6 +35,7 @@ class CheckOptions:
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_image_mb: float = 20.0
     decode_images: bool = True
+    unmarked_images: str = "text"  # formats.UNMARKED
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Report:
     bad: dict[int, str] = field(default_factory=dict)  # row -> reason
     images: int = 0
     tokens: list[int] = field(default_factory=list)  # encoded lengths of good rows (with a tokenizer)
+    text_only: int = 0  # rows whose images no <image> marker uses: trained as text (formats.UNMARKED)
 
     @property
     def ok(self) -> int:
@@ -60,6 +62,7 @@ class Report:
     def merge(self, other: "Report", n_examples: int = 5) -> None:
         self.rows += other.rows
         self.images += other.images
+        self.text_only += other.text_only
         self.tokens += other.tokens
         self.bad.update(other.bad)
         self.problems.update(other.problems)
@@ -70,7 +73,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         out = {"rows": self.rows, "ok": self.ok, "broken": len(self.bad), "images": self.images,
                "problems": {r: self.problems[r] for r in REASONS + ("invalid",) if self.problems[r]},
-               "examples": self.examples}
+               "examples": self.examples, "text_only_unmarked_image": self.text_only}
         if self.tokens:
             t = sorted(self.tokens)
             out["tokens"] = {"mean": round(sum(t) / len(t), 1), "p50": t[len(t) // 2],
@@ -82,6 +85,9 @@ class Report:
         for reason, n in sorted(self.problems.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {reason:22s} {n:8d}")
             lines += [f"      {e}" for e in self.examples.get(reason, [])]
+        if self.text_only:
+            lines.append(f"  {self.text_only} rows carry images but no {IMAGE_MARKER} marker: they train as text-only "
+                         "samples (the placeholder-image convention); --unmarked-images error rejects them")
         if self.tokens:
             t = self.as_dict()["tokens"]
             lines.append(f"  tokens per good row: mean {t['mean']}, median {t['p50']}, p99 {t['p99']}, max {t['max']}")
@@ -97,7 +103,8 @@ def _image_bytes(ref: bytes | str) -> bytes:
 
 def check_range(path: str, start: int, end: int, opts: CheckOptions) -> tuple[Report, list[tuple[int, str]]]:
     """Check rows [start, end); returns the partial report and (row, content hash) of the rows that passed."""
-    reader = SampleReader(path, image_dir=opts.image_dir, max_image_pixels=opts.max_image_pixels)
+    reader = SampleReader(path, image_dir=opts.image_dir, max_image_pixels=opts.max_image_pixels,
+                          unmarked_images=opts.unmarked_images)
     tok = None
     if opts.tokenizer:
         from .tokenizer import load_tokenizer
@@ -114,6 +121,7 @@ def check_range(path: str, start: int, end: int, opts: CheckOptions) -> tuple[Re
                 hashes.append((i, hashlib.sha1(text.encode()).hexdigest()))
                 continue
             rec = reader.record(i)
+            rep.text_only += bool(rec.get("unmarked_images"))
             h = hashlib.sha1(json.dumps(rec["conversations"], sort_keys=True, ensure_ascii=False).encode())
             for ref in rec["images"]:
                 rep.images += 1

@@ -58,6 +58,9 @@ def _check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens-per-image", type=int, default=0, help="placeholder tokens per image")
     p.add_argument("--max-image-mb", type=float, default=20.0, help="images larger than this are reported")
     p.add_argument("--no-decode", action="store_true", help="skip decoding images (faster; misses corrupt ones)")
+    p.add_argument("--unmarked-images", choices=["text", "error"], default="text",
+                   help="a row whose images no <image> marker uses (MiniMind-V's text-only rows with a placeholder "
+                        "image): train it as text (default) or reject it as placeholder_mismatch")
     p.add_argument("--workers", type=int, default=1, help="processes checking rows in parallel")
     p.add_argument("--limit", type=int, default=None, help="check only the first N rows")
 
@@ -70,7 +73,8 @@ def _options(args: argparse.Namespace) -> CheckOptions:
     if args.max_len and not tok:
         raise ValueError("--max-len needs --run or --tokenizer to count tokens")
     return CheckOptions(image_dir=args.images, tokenizer=tok if args.max_len else None, max_len=args.max_len,
-                        tokens_per_image=tpi, max_image_mb=args.max_image_mb, decode_images=not args.no_decode)
+                        tokens_per_image=tpi, max_image_mb=args.max_image_mb, decode_images=not args.no_decode,
+                        unmarked_images=args.unmarked_images)
 
 
 def run_check(args: argparse.Namespace) -> int:

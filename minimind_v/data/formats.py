@@ -133,6 +133,16 @@ def load_image(ref: ImageRef, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
         raise BadRow("corrupt_image", f"cannot decode image ({name}): {type(e).__name__}: {e}") from None
 
 
+# What a row whose images no `<image>` marker refers to becomes. "text": a text-only sample (the image is not
+# used; the record says `unmarked_images: n`). MiniMind-V's SFT set holds ~230K such rows on purpose, each with an
+# 8 x 8 black placeholder image, to keep the model's language ability. "error": a placeholder_mismatch row.
+UNMARKED = ("text", "error")
+
+
+def _markers(convs: list[dict[str, Any]]) -> int:
+    return sum(count_markers(m["content"]) for m in convs if isinstance(m.get("content"), str))
+
+
 class SampleReader:
     """Any supported dataset -> samples `{"conversations": [...], "images": [PIL...]}`, validated.
 
@@ -141,8 +151,10 @@ class SampleReader:
     """
 
     def __init__(self, path: str | Path, image_dir: str | Path | None = None,
-                 max_image_pixels: int = MAX_IMAGE_PIXELS, split: str = "train"):
-        self.path = Path(path)
+                 max_image_pixels: int = MAX_IMAGE_PIXELS, split: str = "train", unmarked_images: str = "text"):
+        if unmarked_images not in UNMARKED:
+            raise ValueError(f"unmarked_images must be one of {UNMARKED}, not {unmarked_images!r}")
+        self.path, self.unmarked_images = Path(path), unmarked_images
         self.rows = open_rows(self.path, split)
         # JSON-lines image names are relative to the image folder (default: beside the file).
         self.image_root = Path(image_dir) if image_dir else (self.path.parent if self.path.is_file() else None)
@@ -177,6 +189,9 @@ class SampleReader:
         row = self.rows[i]
         convs = parse_conversations(row.get("conversations", row.get("messages")))
         refs = image_refs(row, self.image_root)
+        if refs and self.unmarked_images == "text" and not _markers(convs):
+            check_conversation(convs, 0)  # a text-only row that carries a placeholder image: train it as text
+            return {"conversations": convs, "images": [], "unmarked_images": len(refs)}
         check_conversation(convs, len(refs))
         return {"conversations": convs, "images": refs}
 

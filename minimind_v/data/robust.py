@@ -38,13 +38,21 @@ class RowDataset(Dataset):
         try:
             if self.kind == "text":
                 return self.encode(self.reader.text(i))
-            return self.encode(self.reader[i] if self.decode else self.reader.record(i))
+            rec = self.reader[i] if self.decode else self.reader.record(i)
+            out = self.encode(rec)
+            if rec.get("unmarked_images"):
+                out["note"] = UNMARKED_NOTE
+            return out
         except BadRow as e:
             return skip(i, e.reason, e.detail)
         except SampleTooLong as e:
             return skip(i, "too_long", str(e))
         except Exception as e:  # anything else about one row must not end the run; the tally reports it
             return skip(i, "invalid", f"{type(e).__name__}: {e}")
+
+
+UNMARKED_NOTE = "text_only_unmarked_image"  # a row trained as text: its images have no <image> marker
+NOTES = {UNMARKED_NOTE: "rows trained as text-only: their images have no <image> marker (placeholder images)"}
 
 
 def skip(index: int, reason: str, detail: str) -> dict[str, Any]:
@@ -81,6 +89,7 @@ class SkipCollate:
         good = [x for x in items if "skip" not in x]
         batch: dict[str, Any] = self.inner(good, pad_id=self.pad_id) if good else {}
         batch["skipped"] = [(x["skip"], x["index"], x["detail"]) for x in items if "skip" in x]
+        batch["notes"] = [x["note"] for x in good if "note" in x]
         batch["n_samples"] = len(good)  # a packed batch has fewer rows than samples
         return batch
 
@@ -96,8 +105,10 @@ class SkipTally:
     rows: set = field(default_factory=set)
     examples: dict = field(default_factory=dict)
     seen: int = 0
+    notes: Counter = field(default_factory=Counter)  # rows used, but not as they stood (robust.NOTES)
 
     def add(self, batch: dict[str, Any]) -> None:
+        self.notes.update(batch.get("notes") or [])
         skipped = batch.get("skipped") or []
         self.seen += len(skipped) + batch.get("n_samples", len(batch["input_ids"]) if "input_ids" in batch else 0)
         for reason, index, detail in skipped:
@@ -113,26 +124,29 @@ class SkipTally:
 
     def state(self) -> dict[str, Any]:
         """Everything, as plain data: to combine the tallies of several processes, or to resume."""
-        return {"counts": dict(self.counts), "rows": sorted(self.rows), "seen": self.seen, "examples": self.examples}
+        return {"counts": dict(self.counts), "rows": sorted(self.rows), "seen": self.seen, "examples": self.examples,
+                "notes": dict(self.notes)}
 
     def merge(self, st: dict[str, Any]) -> None:
         self.counts.update(st["counts"])
         self.rows.update(st["rows"])
         self.seen += st["seen"]
+        self.notes.update(st.get("notes", {}))
         for reason, ex in st["examples"].items():
             mine = self.examples.setdefault(reason, [])
             mine += ex[: max(0, self.examples_per_reason - len(mine))]
 
     def as_dict(self) -> dict[str, Any]:
         return {"skipped": dict(self.counts), "skipped_rows": len(self.rows), "rows_seen": self.seen,
-                "examples": self.examples}
+                "examples": self.examples, "notes": dict(self.notes)}
 
     def summary(self) -> str:
+        notes = "".join(f"\n{n} {NOTES.get(k, k)}" for k, n in self.notes.items())
         if not self.counts:
-            return f"no rows skipped ({self.seen} read)"
+            return f"no rows skipped ({self.seen} read){notes}"
         parts = ", ".join(f"{r} {n}" for r, n in self.counts.most_common())
         lines = [f"skipped {sum(self.counts.values())} of {self.seen} rows read "
                  f"({len(self.rows)} distinct): {parts}"]
         for reason, ex in self.examples.items():
             lines += [f"  {reason}: {e}" for e in ex]
-        return "\n".join(lines)
+        return "\n".join(lines) + notes

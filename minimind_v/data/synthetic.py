@@ -20,7 +20,7 @@ from ..encoder_files import write_random_encoder
 WORDS = ("the a red blue green small large round square picture shows there is an with on in of and near under "
          "over bright dark shape object background left right center top bottom").split()
 # The faults `broken` seeds, and the reason a reader must give for each.
-FAULTS = {"missing_image": "missing_image", "corrupt_image": "corrupt_image", "no_marker": "placeholder_mismatch",
+FAULTS = {"missing_image": "missing_image", "corrupt_image": "corrupt_image", "extra_marker": "placeholder_mismatch",
           "bad_role": "bad_roles", "empty_answer": "empty_turn", "long": "too_long"}
 
 
@@ -65,8 +65,8 @@ def synthetic_rows(n: int, *, seed: int = 0, words: tuple[int, int] = (3, 12), i
                 imgs[0] = None
             elif fault == "corrupt_image":
                 imgs[0] = imgs[0][: len(imgs[0]) // 3]  # a truncated JPEG
-            elif fault == "no_marker":
-                convs[0]["content"] = "Describe the picture."
+            elif fault == "extra_marker":  # two markers, one image (a row with images and no marker is text-only)
+                convs[0]["content"] = f"{IMAGE_MARKER}\n{IMAGE_MARKER}\nDescribe the pictures."
             elif fault == "bad_role":
                 convs[1]["role"] = "bot"
             elif fault == "empty_answer":

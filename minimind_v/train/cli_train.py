@@ -40,6 +40,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         s = tsub.add_parser(stage, help=help_text)
         s.add_argument("--data", required=True, help=".jsonl, .parquet (file or folder), or a saved datasets folder")
         s.add_argument("--images", default=None, help="image folder of a .jsonl dataset (default: beside it)")
+        s.add_argument("--unmarked-images", choices=["text", "error"], default="text",
+                       help="a row whose images no <image> marker uses (MiniMind-V's text-only rows with a placeholder "
+                            "image): train it as text (default) or reject it as placeholder_mismatch")
         s.add_argument("--out", required=True, help="run directory to write")
         s.add_argument("--from", dest="from_run", default=None,
                        help="start from this run directory (an LLM run for llm-*, a VLM run for pretrain/sft)")

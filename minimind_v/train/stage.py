@@ -49,6 +49,7 @@ class StageOptions:
     data: str
     out: str
     images: str | None = None  # image folder of a .jsonl dataset (default: beside it)
+    unmarked_images: str = "text"  # a row whose images no <image> marker uses: "text" (train it text-only) | "error"
     from_run: str | None = None  # continue from a run of the same kind (an LLM run for llm-*, a VLM run else)
     # a fresh LLM (llm-pretrain)
     tokenizer: str | None = None
@@ -131,7 +132,7 @@ def build_model(opts: StageOptions, say: Callable[[str], None]) -> tuple[torch.n
 
 def build_loader(opts: StageOptions, model: torch.nn.Module, tok: Any, max_len: int, batch: int,
                  rank: int, world: int) -> tuple[EpochLoader, FeatureFiller | None]:
-    reader = SampleReader(opts.data, image_dir=opts.images)
+    reader = SampleReader(opts.data, image_dir=opts.images, unmarked_images=opts.unmarked_images)
     filler = None
     if opts.stage == "llm-pretrain":
         ds = RowDataset(reader, TextEncoder(tok, max_len), kind="text")
