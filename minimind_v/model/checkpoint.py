@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .. import runs
+from .. import allocator, runs
 from ..config import VisionConfig
 from ..data.tokenizer import load_tokenizer
 from .half import HALF_DTYPES, STORAGE_DTYPES, empty_model, store_encoder_weights, store_weights
@@ -79,6 +79,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
         state = load_file(str(run / runs.WEIGHTS_FILE))
         missing, unexpected = model.load_state_dict(state, strict=False)
     else:
+        if torch.device(device).type == "cpu":  # bounded memory is what these storages are for (allocator.py)
+            allocator.fix_mmap_threshold()
         vision = stored_vision(cfg.vision, STORAGE_DTYPES[encoder_weights])
         with empty_model():
             model = MiniMindVLM(cfg, vision=vision)
@@ -97,6 +99,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
                          f"unexpected {unexpected[:5]}")
     if cfg.llm.tie_embeddings:
         model.llm.lm_head.weight = model.llm.embed_tokens.weight
+    del state
+    allocator.trim()
     return model.to(device).eval(), load_tokenizer(run)
 
 
