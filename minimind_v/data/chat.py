@@ -55,6 +55,15 @@ def encode_conversation(tok: Any, conversations: list[dict], *, tokens_per_image
     _check_tokens_per_image(tokens_per_image)
     messages = _with_system(conversations, system)
     _check_messages(messages, last_role="assistant")
+    if getattr(tok, "chat_template", None) not in (None, CHAT_TEMPLATE):
+        # An imported official tokenizer: train in its own template, the format it is prompted with.
+        from .template_prompt import encode_template_conversation
+
+        ids, labels = encode_template_conversation(tok, messages, tokens_per_image=tokens_per_image,
+                                                   image_token=image_token)
+        if max_len is not None and len(ids) > max_len:
+            raise SampleTooLong(len(ids), max_len)
+        return ids, labels
     pieces = _pieces(tok, image_token)
     ids: list[int] = []
     labels: list[int] = []
@@ -124,14 +133,15 @@ class _Pieces:
         return self.backend.encode(text, add_special_tokens=False).ids if text else []
 
 
-_CACHE: "weakref.WeakKeyDictionary[object, dict[str, _Pieces]]" = weakref.WeakKeyDictionary()
+_CACHE: "weakref.WeakKeyDictionary[object, dict[tuple, _Pieces]]" = weakref.WeakKeyDictionary()
 
 
 def _pieces(tok, image_token: str) -> _Pieces:
     per_tok = _CACHE.setdefault(tok, {})
-    if image_token not in per_tok:
-        per_tok[image_token] = _build_pieces(tok, image_token)
-    return per_tok[image_token]
+    key = (image_token, getattr(tok, "chat_template", None))  # a tokenizer's template may be set after first use
+    if key not in per_tok:
+        per_tok[key] = _build_pieces(tok, image_token)
+    return per_tok[key]
 
 
 def _build_pieces(tok, image_token: str) -> _Pieces:
