@@ -51,6 +51,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
             s.add_argument("--preset", default="minimind2-small", help="LLM size preset for a fresh LLM")
         if stage in ("pretrain", "sft"):
             s.add_argument("--from-llm", default=None, help="an LLM (or VLM) run whose language model to start from")
+            s.add_argument("--image-token", default=None,
+                           help="the image placeholder token of a VLM built --from-llm (default <|image_pad|>; "
+                                "MiniMind2's tokenizer: @, as MiniMind2-V)")
             s.add_argument("--vision", default="siglip2-b32", help="encoder recipe: siglip2-b32 | clip-b16")
             s.add_argument("--vision-path", default=None, help="local folder of the pretrained encoder")
             s.add_argument("--merge", type=int, default=1, help="k x k pixel-shuffle token merge (1 = off)")

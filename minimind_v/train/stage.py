@@ -58,6 +58,7 @@ class StageOptions:
     from_llm: str | None = None
     vision: str = "siglip2-b32"  # encoder recipe: siglip2-b32 | clip-b16
     vision_path: str | None = None
+    image_token: str | None = None  # the placeholder; None: <|image_pad|> (MiniMind2's tokenizer has none: use @)
     merge: int = 1
     projector: str | None = None  # None: the recipe's
     freeze_llm: int | None = None  # 0 whole LLM, 1 first + last layer, 2 projector only; None: the stage's
@@ -117,17 +118,27 @@ def build_model(opts: StageOptions, say: Callable[[str], None]) -> tuple[torch.n
     recipe = vision_recipe(opts.vision)
     llm_cfg, weights = read_llm(opts.from_llm)
     tok = load_tokenizer(opts.from_llm)
-    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
-    if image_id is None or image_id == tok.unk_token_id:
-        raise ValueError(f"the LLM's tokenizer has no {IMAGE_TOKEN} token")
+    image_token = opts.image_token or IMAGE_TOKEN
+    image_id = placeholder_id(tok, image_token)
     cfg = VLMConfig(llm=llm_cfg, vision=recipe.vision_config(str(Path(opts.vision_path).resolve()), opts.merge),
-                    projector=opts.projector or recipe.projector, image_token_id=image_id)
+                    projector=opts.projector or recipe.projector, image_token=image_token, image_token_id=image_id)
     model = MiniMindVLM(cfg)
     load_llm_weights(model.llm, weights, opts.from_llm)
     if model.tokens_per_image != recipe.tokens(opts.merge):
         say(f"note: the encoder at {opts.vision_path} gives {model.tokens_per_image} tokens per image; the "
             f"{opts.vision} recipe expects {recipe.tokens(opts.merge)} (a different model size?)")
     return model, tok
+
+
+def placeholder_id(tok: Any, token: str) -> int:
+    """The id of the image placeholder, which must be one token that never merges with a copy of itself."""
+    ids = tok(token * 3, add_special_tokens=False)["input_ids"]
+    if len(ids) != 3 or len(set(ids)) != 1 or ids[0] == tok.unk_token_id:
+        hint = " (MiniMind2's tokenizer has no <|image_pad|>: MiniMind2-V uses --image-token @)" \
+            if token == IMAGE_TOKEN else ""
+        raise ValueError(f"the LLM's tokenizer does not encode the image placeholder {token!r} as one token per "
+                         f"copy{hint}; pass --image-token with a token it has")
+    return int(ids[0])
 
 
 def build_loader(opts: StageOptions, model: torch.nn.Module, tok: Any, max_len: int, batch: int,
