@@ -137,7 +137,7 @@ def _evaluate_run(args: argparse.Namespace, run_dir: Path, items: list[dict[str,
     from .shapes import evaluate_shapes, report_markdown
 
     vlm = load(run_dir, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights,
-               compile=args.compile)
+               compile=args.compile, adapter=args.adapter)
     report: dict[str, Any] = {"model": str(run_dir.resolve()), "seed": args.seed}
     md: list[str] = []
     shown: list[dict[str, Any]] = []  # grid candidates: (row, item) pairs of every suite

@@ -120,20 +120,21 @@ class VLMChat:
 
 
 def load(path: str | Path, device: str = "auto", weights: str = "fp32", encoder_weights: str | None = None,
-         compile: bool = False) -> VLMChat:
+         compile: bool = False, adapter: str | Path | None = None) -> VLMChat:
     """Load a run directory written by training (or by import) and return a VLMChat.
 
     weights="bf16" (or "fp16") keeps the weights in half precision: half the memory, faster decoding at
     batch 1 on CPU, answers within rounding of float32 (see model/half.py). encoder_weights (default: the
     same) may also be "int8": a quarter of the encoder's float32 memory. compile=True compiles the decoding
     step (infer/generate.py: compile_decoding): faster answers once the first one has paid for it.
+    adapter: a LoRA adapter folder trained on this run, folded into the weights at load (model/lora.py).
     weights="auto" (what the commands default to) measures: bf16 where bf16 products are clearly faster
     than fp32 on this device (device.choose_dtype), else fp32; the choice is printed to stderr."""
     dev = pick_device(device)
     choice = auto_weights(path, dev) if weights == "auto" else None
     try:
         model, tok = load_run(path, dev, weights=choice.weights if choice else weights,
-                              encoder_weights=encoder_weights)
+                              encoder_weights=encoder_weights, adapter=adapter)
     except SafetensorError as e:  # a truncated or corrupt weights file: name it, no traceback
         raise ValueError(f"the weights in {str(path)!r} cannot be read (a corrupt or incomplete .safetensors "
                          f"file?): {e}") from None

@@ -55,6 +55,8 @@ def add_loading_arguments(p: argparse.ArgumentParser) -> None:
                    help="the vision encoder's weight storage (default: as --weights, once auto is decided); int8 takes a quarter of fp32")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decoding step: faster answers after a first one that compiles (~1 min)")
+    p.add_argument("--adapter", default=None,
+                   help="a LoRA adapter folder trained on the model (train ... --lora-rank R), applied at load")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -102,7 +104,7 @@ def ask(args: argparse.Namespace) -> int:
     images = [open_image(p) for p in args.image]
     q = with_markers(args.question.replace("\\n", "\n"), len(images))
     vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights,
-               compile=args.compile)
+               adapter=args.adapter, compile=args.compile)
     print(vlm.answer(images, q, **sampling(args)))
     return 0
 
@@ -191,7 +193,7 @@ def chat(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
 
     stdin = stdin or sys.stdin
     vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights,
-               compile=args.compile)
+               adapter=args.adapter, compile=args.compile)
     session = ChatSession(vlm, sampling(args), sys.stdout, sys.stderr)
     interactive = stdin.isatty()
     if interactive:
@@ -217,7 +219,7 @@ def caption(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError(f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in {args.folder!r}")
     vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights,
-               compile=args.compile)
+               adapter=args.adapter, compile=args.compile)
     question = with_markers(args.prompt, 1)
     done = skipped = 0
     batch: list[tuple[Path, Image.Image]] = []

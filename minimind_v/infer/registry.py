@@ -39,11 +39,15 @@ class ModelPool:
     """Loads each model the first time it is asked for and keeps it; thread-safe."""
 
     def __init__(self, runs: dict[str, Path], device: str = "auto", weights: str = "fp32",
-                 encoder_weights: str | None = None, compile: bool = False):
+                 encoder_weights: str | None = None, compile: bool = False, adapter: str | None = None):
         if not runs:
             raise ValueError("no models to serve")
+        if adapter and len(runs) > 1:
+            raise ValueError(f"--adapter applies to one model, but {len(runs)} are served; serve a merged run "
+                             "(minimind-v merge) beside the others instead")
         self.runs, self.device = runs, device
-        self.load_options = {"weights": weights, "encoder_weights": encoder_weights, "compile": compile}
+        self.load_options = {"weights": weights, "encoder_weights": encoder_weights, "compile": compile,
+                             "adapter": adapter}
         self._loaded: dict[str, Any] = {}
         self._locks = {name: threading.Lock() for name in runs}  # one per model: loading one blocks no other
 

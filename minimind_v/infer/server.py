@@ -158,7 +158,7 @@ def serve(args: argparse.Namespace) -> int:
                          max_aspect=args.max_image_aspect, max_images=args.max_images, local_dir=local,
                          allow_remote=args.allow_remote_images)
     pool = ModelPool(find_runs(args.model), device=args.device, weights=args.weights,
-                     encoder_weights=args.encoder_weights, compile=args.compile)
+                     encoder_weights=args.encoder_weights, compile=args.compile, adapter=args.adapter)
     models = {name: pool.get(name) for name in pool.names}  # load everything now: fail before listening
     app = create_app(models, ServerSettings(api_key=args.api_key, limits=limits, default_max_tokens=args.max_tokens,
                                             image_memory_bytes=args.image_memory_mb * 2**20))

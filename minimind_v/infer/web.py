@@ -176,7 +176,7 @@ def web(args: argparse.Namespace) -> int:
     except ImportError:
         raise ValueError("the web demo needs gradio: pip install 'minimind-v[web]'") from None
     pool = ModelPool(find_runs(args.model), device=args.device, weights=args.weights,
-                     encoder_weights=args.encoder_weights, compile=args.compile)
+                     encoder_weights=args.encoder_weights, compile=args.compile, adapter=args.adapter)
     pool.get(pool.names[0])  # load the first model now: a broken run fails before the page opens
     print(f"models: {', '.join(pool.names)}; open http://{args.host}:{args.port}")
     launch(pool, args.host, args.port)

@@ -1,5 +1,5 @@
-"""`minimind-v import` (official MiniMind-V / MiniMind weights -> run directory) and `minimind-v export`
-(run directory -> transformers directory)."""
+"""`minimind-v import` (official MiniMind-V / MiniMind weights -> run directory), `minimind-v export`
+(run directory -> transformers directory) and `minimind-v merge` (run + LoRA adapter -> run)."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +33,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "Mixtral, whichever computes the same thing)")
     e.set_defaults(func=run_export)
 
+    m = sub.add_parser("merge", help="fold a LoRA adapter into its run's weights: an ordinary run directory",
+                       description="Fold a LoRA adapter (train ... --lora-rank R) into the weights of the run it was "
+                                   "trained on and write the result as a new run directory.")
+    m.add_argument("--model", required=True, help="the run the adapter was trained on (VLM or LLM run)")
+    m.add_argument("--adapter", required=True, help="the adapter folder (adapter.safetensors + adapter_config.json)")
+    m.add_argument("--out", required=True, help="run directory to write")
+    m.set_defaults(func=run_merge)
+
 
 def run_import(args: argparse.Namespace) -> int:
     from .importer import import_official
@@ -44,6 +52,26 @@ def run_import(args: argparse.Namespace) -> int:
               f"or export it with: minimind-v export --llm-only --model {out} --out DIR")
     else:
         print(f"wrote {out}; try: minimind-v ask --model {out} --image picture.png \"<image>\\n描述一下这个图像的内容。\"")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from ..model.checkpoint import load_run, save_llm_run, save_run
+    from ..model.lora import load_adapter, merge_lora
+    from ..runs import read_config
+
+    extra = {"merged_from": {"run": str(args.model), "adapter": str(args.adapter)}}
+    if read_config(args.model)[1].get("kind") == "llm":
+        from ..train.lm_only import load_llm_run  # the same wrapper training adapted, so the base hash matches
+
+        model, tok = load_llm_run(args.model)
+        load_adapter(model, args.adapter)
+        merge_lora(model)
+        out = save_llm_run(model.llm, tok, args.out, extra=extra)
+    else:
+        model, tok = load_run(args.model, adapter=args.adapter)
+        out = save_run(model, tok, args.out, extra=extra)
+    print(f"wrote {out}: {args.model} with the adapter {args.adapter} folded into its weights")
     return 0
 
 

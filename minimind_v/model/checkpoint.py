@@ -15,6 +15,7 @@ from ..config import VisionConfig
 from ..data.tokenizer import load_tokenizer
 from .half import HALF_DTYPES, STORAGE_DTYPES, empty_model, store_encoder_weights, store_weights
 from .llm import MiniMindLM
+from .lora import load_adapter, merge_lora
 from .stream_load import read_header, stream_tensors
 from .vision import VisionEncoder
 from .vlm import MiniMindVLM
@@ -59,14 +60,17 @@ def load_llm_weights(llm: MiniMindLM, weights: dict[str, torch.Tensor], source: 
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "fp32",
-             encoder_weights: str | None = None) -> tuple[MiniMindVLM, Any]:
+             encoder_weights: str | None = None, adapter: str | Path | None = None) -> tuple[MiniMindVLM, Any]:
     """Rebuild the model and tokenizer from a run directory, in eval mode.
 
     `weights` "bf16"/"fp16" stores the weights in half precision for inference (half the memory, faster
     decoding; see model/half.py); `encoder_weights` (default: the same) may also be "int8" for the vision
     encoder. The LLM (and a pretrained encoder) is then built on the meta device and filled one tensor at a
-    time, so no float32 copy of it is ever allocated.
+    time, so no float32 copy of it is ever allocated. `adapter`: a LoRA adapter folder trained on this run
+    (model/lora.py), folded into the float32 weights before they are stored as asked.
     """
+    if adapter is not None:
+        return _load_with_adapter(Path(run_dir), device, weights, encoder_weights or weights, Path(adapter))
     run = Path(run_dir)
     cfg, extra = runs.read_config(run)
     runs.check_vision_hash(cfg, extra)
@@ -102,6 +106,18 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
     del state
     allocator.trim()
     return model.to(device).eval(), load_tokenizer(run)
+
+
+def _load_with_adapter(run: Path, device: str | torch.device, weights: str, encoder_weights: str,
+                       adapter: Path) -> tuple[MiniMindVLM, Any]:
+    model, tok = load_run(run)
+    load_adapter(model, adapter)
+    merge_lora(model)
+    if weights != "fp32":
+        store_weights(model.llm, STORAGE_DTYPES[weights])
+    if encoder_weights != "fp32":
+        store_encoder_weights(model.vision, STORAGE_DTYPES[encoder_weights])
+    return model.to(device).eval(), tok
 
 
 def stored_vision(cfg: VisionConfig, dtype: torch.dtype) -> VisionEncoder:

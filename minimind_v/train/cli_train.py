@@ -49,6 +49,13 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         if stage == "llm-pretrain":
             s.add_argument("--tokenizer", default=None, help="tokenizer directory (for a fresh LLM)")
             s.add_argument("--preset", default="minimind2-small", help="LLM size preset for a fresh LLM")
+        if stage != "llm-pretrain":
+            s.add_argument("--lora-rank", type=int, default=0,
+                           help="train a LoRA adapter of this rank instead of the weights (needs --from); only "
+                                "the adapter is saved: adapter.safetensors + adapter_config.json")
+            s.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (scale = alpha/rank)")
+            s.add_argument("--lora-targets", default="q,k,v,o,gate,up,down",
+                           help="comma list of q,k,v,o,gate,up,down,projector")
         if stage in ("pretrain", "sft"):
             s.add_argument("--from-llm", default=None, help="an LLM (or VLM) run whose language model to start from")
             s.add_argument("--image-token", default=None,

@@ -27,6 +27,7 @@ from ..data.robust import RowDataset, SkipCollate, TextEncoder
 from ..data.tokenizer import load_tokenizer
 from ..device import DtypeChoice, pick_device, resolve_dtype
 from ..model.checkpoint import load_llm_weights, load_run, save_llm_run, save_run
+from ..model.lora import LoraConfig, apply_lora, base_hash, save_adapter
 from ..model.vlm import MiniMindVLM
 from ..runs import read_llm, write_text
 from .distributed import close_distributed, init_distributed
@@ -64,6 +65,10 @@ class StageOptions:
     freeze_llm: int | None = None  # 0 whole LLM, 1 first + last layer, 2 projector only; None: the stage's
     feature_cache: str | None = None
     lr_projector: float = 0.0
+    # LoRA (model/lora.py): rank 0 trains the weights themselves; > 0 trains and saves only an adapter
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = "q,k,v,o,gate,up,down"  # and/or projector
     # the schedule
     steps: int = 0  # 0: from epochs
     epochs: float = 0
@@ -128,6 +133,16 @@ def build_model(opts: StageOptions, say: Callable[[str], None]) -> tuple[torch.n
         say(f"note: the encoder at {opts.vision_path} gives {model.tokens_per_image} tokens per image; the "
             f"{opts.vision} recipe expects {recipe.tokens(opts.merge)} (a different model size?)")
     return model, tok
+
+
+def lora_config(opts: StageOptions) -> LoraConfig | None:
+    """The LoRA settings, or None; an adapter adapts a complete model, so it needs --from."""
+    if not opts.lora_rank:
+        return None
+    if not opts.from_run:
+        raise ValueError("--lora-rank adapts a complete model: pass --from RUN (a LoRA adapter cannot hold the new "
+                         "weights of a fresh LLM or projector)")
+    return LoraConfig(opts.lora_rank, opts.lora_alpha, tuple(t.strip() for t in opts.lora_targets.split(",")))
 
 
 def placeholder_id(tok: Any, token: str) -> int:
@@ -199,10 +214,14 @@ def run_stage(opts: StageOptions, say: Callable[[str], None] = print) -> dict[st
         if opts.resume and not (out / STATE_FILE).is_file():
             raise FileNotFoundError(f"--resume: {str(out / STATE_FILE)!r} does not exist")
         torch.manual_seed(opts.seed)  # the same initial weights on every process
+        lora = lora_config(opts)
         model, tok = build_model(opts, say if dist.main else lambda s: None)
         vlm = isinstance(model, MiniMindVLM)
         freeze = d.freeze_llm if opts.freeze_llm is None else opts.freeze_llm
         counts = apply_freeze(model, freeze) if vlm else {"llm": sum(p.numel() for p in model.parameters())}
+        if lora:
+            base = base_hash(model)
+            counts = {"lora": apply_lora(model, lora)}
         max_len = opts.max_len or d.max_len
         batch = opts.batch_size or d.batch_size
         loader, filler = build_loader(opts, model, tok, max_len, batch, dist.rank, dist.world)
@@ -226,7 +245,10 @@ def run_stage(opts: StageOptions, say: Callable[[str], None] = print) -> dict[st
         extra = {"stage": opts.stage, "source": str(opts.from_run or opts.from_llm or opts.tokenizer or "")}
 
         def export(m: torch.nn.Module) -> None:
-            save_run(m, tok, out, extra=extra) if vlm else save_llm_run(m.llm, tok, out, extra=extra)
+            if lora:
+                save_adapter(m, lora, out, base)
+            else:
+                save_run(m, tok, out, extra=extra) if vlm else save_llm_run(m.llm, tok, out, extra=extra)
 
         t0 = time.time()
         rows = train(model, loader, cfg, device=device, metrics_path=out / "metrics.jsonl", stage=opts.stage,

@@ -250,7 +250,7 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
                 tally = combined_tally(tally, dist)
         finally:
             bar.close()
-            if tally.counts and dist.main:
+            if (tally.counts or tally.notes) and dist.main:
                 print(tally.summary(), flush=True)
             log.log({"stage": stage, "event": "end", "steps_done": done, **tally.as_dict()})
             log.close()
