@@ -81,3 +81,23 @@ def test_quickstart_style_iterable_still_trains(tmp_path):
     rows = train(model, dl, TrainConfig(steps=6, batch_size=8, lr=1e-2, log_every=5), device=torch.device("cpu"),
                  metrics_path=tmp_path / "m.jsonl", stage="sft")
     assert [r["step"] for r in rows] == [0, 5] and (tmp_path / "m.jsonl").read_text().count("\n") == 3
+
+
+def test_validation_loss_is_logged_plotted_and_shown(tmp_path, tiny_run, capsys):
+    import json
+
+    from minimind_v.cli import main
+    from minimind_v.data.synthetic import synthetic_rows, write_jsonl
+
+    rows, _ = synthetic_rows(16, seed=8, words=(2, 8))
+    write_jsonl(rows[:12], tmp_path / "train" / "d.jsonl", tmp_path / "train")  # images beside each file
+    write_jsonl(rows[12:], tmp_path / "val" / "d.jsonl", tmp_path / "val")
+    assert main(["train", "sft", "--data", str(tmp_path / "train" / "d.jsonl"),
+                 "--val-data", str(tmp_path / "val" / "d.jsonl"), "--eval-every", "2", "--val-batches", "1",
+                 "--from", str(tiny_run), "--out", str(tmp_path / "o"), "--steps", "5", "--batch-size", "2",
+                 "--max-len", "300", "--workers", "0", "--device", "cpu", "--dtype", "fp32"]) == 0
+    logged = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in logged if "val_loss" in r]
+    assert [r["step"] for r in val] == [1, 3, 4] and all(0 < r["val_loss"] < 20 for r in val)
+    assert (tmp_path / "o" / "loss.png").stat().st_size > 1000
+    assert "val=" in capsys.readouterr().err  # the progress bar shows it

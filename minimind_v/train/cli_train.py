@@ -44,6 +44,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                        help="a row whose images no <image> marker uses (MiniMind-V's text-only rows with a placeholder "
                             "image): train it as text (default) or reject it as placeholder_mismatch")
         s.add_argument("--out", required=True, help="run directory to write")
+        s.add_argument("--val-data", default=None,
+                       help="held-out rows (same formats): their loss every --eval-every steps and at the end, in "
+                            "metrics.jsonl (val_loss), the progress bar and loss.png")
+        s.add_argument("--eval-every", type=int, default=200, help="steps between validation losses")
+        s.add_argument("--val-batches", type=int, default=20, help="validation batches used (in order)")
         s.add_argument("--from", dest="from_run", default=None,
                        help="start from this run directory (an LLM run for llm-*, a VLM run for pretrain/sft)")
         if stage == "llm-pretrain":

@@ -13,15 +13,21 @@ def plot_metrics(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    val: dict[str, list[tuple[int, float]]] = defaultdict(list)  # validation losses, where the stage had them
     for line in Path(metrics_path).read_text().splitlines():
         row = json.loads(line)
         if "loss" in row:
             series[row.get("stage", "train")].append((row["step"], row["loss"]))
+        if "val_loss" in row:
+            val[row.get("stage", "train")].append((row["step"], row["val_loss"]))
     if not series:
         return None
     fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3), squeeze=False)
     for ax, (stage, pts) in zip(axes[0], series.items()):
-        ax.plot([p[0] for p in pts], [p[1] for p in pts])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label="train")
+        if val[stage]:
+            ax.plot([p[0] for p in val[stage]], [p[1] for p in val[stage]], "o-", label="validation")
+            ax.legend()
         ax.set_title(stage)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils.data import DataLoader
 
 from ..config import IMAGE_TOKEN, VLMConfig, llm_preset, padded_vocab
 from ..data.batches import PackCollate, PadCollate
@@ -34,9 +35,11 @@ from .distributed import close_distributed, init_distributed
 from .freeze import apply_freeze
 from .lm_only import LMOnly, load_llm_run
 from .loader import EpochLoader
+from .plots import plot_metrics
 from .recipes import STAGE_DEFAULTS, vision_recipe
 from .resume import STATE_FILE
 from .trainer import TrainConfig, train
+from .validation import Validator
 
 LLM_STAGES = ("llm-pretrain", "llm-sft")
 VLM_STAGES = ("pretrain", "sft")
@@ -69,6 +72,10 @@ class StageOptions:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: str = "q,k,v,o,gate,up,down"  # and/or projector
+    # validation: the loss on rows of another file every eval_every steps and at the end
+    val_data: str | None = None
+    eval_every: int = 200
+    val_batches: int = 20
     # the schedule
     steps: int = 0  # 0: from epochs
     epochs: float = 0
@@ -156,15 +163,16 @@ def placeholder_id(tok: Any, token: str) -> int:
     return int(ids[0])
 
 
-def build_loader(opts: StageOptions, model: torch.nn.Module, tok: Any, max_len: int, batch: int,
-                 rank: int, world: int) -> tuple[EpochLoader, FeatureFiller | None]:
-    reader = SampleReader(opts.data, image_dir=opts.images, unmarked_images=opts.unmarked_images)
+def build_dataset(opts: StageOptions, data: str, model: torch.nn.Module, tok: Any, max_len: int,
+                  cache: bool = True) -> tuple[RowDataset, FeatureFiller | None, SampleReader]:
+    """The stage's rows of `data` as a dataset (with the feature cache's filler when one is used)."""
+    reader = SampleReader(data, image_dir=opts.images, unmarked_images=opts.unmarked_images)
     filler = None
     if opts.stage == "llm-pretrain":
         ds = RowDataset(reader, TextEncoder(tok, max_len), kind="text")
     elif opts.stage == "llm-sft":
         ds = RowDataset(reader, SampleEncoder(tok, _no_images, 1, max_len=max_len))
-    elif opts.feature_cache:
+    elif opts.feature_cache and cache:
         if not model.cfg.vision.freeze:
             raise ValueError("--feature-cache needs a frozen encoder (its features must not change)")
         cache = FeatureCache(opts.feature_cache, encoder_key(model.vision))
@@ -175,12 +183,29 @@ def build_loader(opts: StageOptions, model: torch.nn.Module, tok: Any, max_len: 
     else:
         ds = RowDataset(reader, SampleEncoder(tok, model.vision.preprocess, model.tokens_per_image,
                                               model.cfg.image_token, max_len))
+    return ds, filler, reader
+
+
+def build_loader(opts: StageOptions, model: torch.nn.Module, tok: Any, max_len: int, batch: int,
+                 rank: int, world: int) -> tuple[EpochLoader, FeatureFiller | None]:
+    ds, filler, reader = build_dataset(opts, opts.data, model, tok, max_len)
     inner = PackCollate(max_len) if opts.pack else PadCollate()
     lengths = reader.approx_lengths() if opts.group_by_length else None
     loader = EpochLoader(ds, batch, collate_fn=SkipCollate(pad_id=tok.pad_token_id or 0, inner=inner),
                          seed=opts.seed, rank=rank, world=world, workers=opts.workers, blocks=reader.blocks(),
                          lengths=lengths, pin_memory=torch.cuda.is_available())
     return loader, filler
+
+
+def build_validator(opts: StageOptions, model: torch.nn.Module, tok: Any, max_len: int, batch: int,
+                    device: torch.device, dtype: str) -> Validator | None:
+    """The validation loss on --val-data (its first --val-batches batches, in order), or None."""
+    if not opts.val_data:
+        return None
+    ds, _, _ = build_dataset(opts, opts.val_data, model, tok, max_len, cache=False)
+    collate = SkipCollate(pad_id=tok.pad_token_id or 0, inner=PackCollate(max_len) if opts.pack else PadCollate())
+    return Validator(lambda: DataLoader(ds, batch_size=batch, shuffle=False, collate_fn=collate), device, dtype,
+                     max_batches=opts.val_batches)
 
 
 def _no_images(images: list) -> torch.Tensor:
@@ -251,13 +276,16 @@ def run_stage(opts: StageOptions, say: Callable[[str], None] = print) -> dict[st
                 save_run(m, tok, out, extra=extra) if vlm else save_llm_run(m.llm, tok, out, extra=extra)
 
         t0 = time.time()
+        validate = build_validator(opts, model, tok, max_len, batch, device, dtype) if dist.main else None
         rows = train(model, loader, cfg, device=device, metrics_path=out / "metrics.jsonl", stage=opts.stage,
-                     run_dir=out, resume=opts.resume, dist=dist, export=export, prepare=filler, log_to=opts.log_to)
+                     run_dir=out, resume=opts.resume, dist=dist, export=export, prepare=filler, log_to=opts.log_to,
+                     validate=validate, eval_every=opts.eval_every)
         result = {"run_dir": str(out), "steps": steps, "seconds": round(time.time() - t0, 1),
                   "final_loss": rows[-1]["loss"] if rows else None}
         if filler is not None:
             result["feature_cache"] = {"hits": filler.hits, "misses": filler.misses}
         if dist.main:
+            plot_metrics(out / "metrics.jsonl", out / "loss.png")
             say(f"done: {result}")
         return result
     finally:

@@ -196,12 +196,14 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
           desc: str | None = None, run_dir: str | Path | None = None, resume: bool = False,
           dist: Dist | None = None, export: Callable[[nn.Module], None] | None = None,
           prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None, log_to: str = "",
-          tally: SkipTally | None = None) -> list[dict[str, Any]]:
+          tally: SkipTally | None = None, validate: Callable[[nn.Module], float] | None = None,
+          eval_every: int = 0) -> list[dict[str, Any]]:
     """Run `cfg.steps` optimizer steps over `batches`; returns the logged rows (also appended to metrics_path).
 
     run_dir: where `resume.safetensors` is written every `cfg.save_every` steps, at the end and on Ctrl-C
     (`export(model)` then writes the loadable run). resume: continue from that file exactly.
     prepare: a hook on each batch once on the device (the feature cache fills in encoder features there).
+    validate: the validation loss of the model (validation.py), every `eval_every` steps and at the end.
     """
     dist, tally = dist or Dist(), tally or SkipTally()
     model.to(device).train()
@@ -235,10 +237,16 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
                     g["lr"] = lr_at(step, cfg) * g.get("lr_scale", 1.0)
                 loss_sum, aux_sum, gnorm = step_once(micro, counts[0])
                 loss = loss_sum.item() / max(1, local_tokens)  # one synchronisation per step
-                bar.set_postfix(loss=f"{meter.smooth(loss):.3f}")
+                shown = {"loss": f"{meter.smooth(loss):.3f}"}
                 last, stop = step == cfg.steps - 1, bool(counts[1])
                 if step % cfg.log_every == 0 or last:
                     log.log(meter.row(step, loss, aux_sum.item(), opt.param_groups[0]["lr"], float(gnorm)))
+                if validate and dist.main and (last or (eval_every and (step + 1) % eval_every == 0)):
+                    meter.val = validate(model)
+                    log.log({"stage": stage, "step": step, "val_loss": round(meter.val, 5)})
+                if meter.val is not None:
+                    shown["val"] = f"{meter.val:.3f}"
+                bar.set_postfix(shown)
                 if state_path and (last or stop or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
                     meta = {"stage": stage, "step": step + 1, "samples": feed.position,
                             "elapsed_s": start.elapsed_s + meter.elapsed()}
@@ -264,6 +272,7 @@ class Meter:
 
     def __init__(self, stage: str):
         self.stage, self.t0, self.seen, self.tokens, self.ema = stage, time.time(), 0, 0, None
+        self.val: float | None = None  # the latest validation loss
         self.rows: list[dict[str, Any]] = []
 
     def count(self, host: list[dict[str, Any]]) -> int:
