@@ -9,12 +9,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="convert official MiniMind-V / MiniMind weights into a run directory",
                        description="Convert an official .pth (loaded with weights_only=True) into a run directory "
                                    "that every minimind-v command can use.")
-    p.add_argument("--format", required=True, choices=["minimind2-v", "minimind3-v", "minimind-llm"],
+    p.add_argument("--format", required=True, choices=["minimind2-v", "minimind3-v", "minimind-llm", "hf-llm"],
                    help="minimind2-v: MiniMind2-V (CLIP, '@' x 196); minimind3-v: minimind-3v (SigLIP2, "
-                        "<|image_pad|> x 64); minimind-llm: an LLM alone (llm_512.pth style), a base for VLM training")
-    p.add_argument("--weights", required=True, help="the official .pth file")
+                        "<|image_pad|> x 64); minimind-llm: an LLM alone (llm_512.pth style), a base for VLM training; "
+                        "hf-llm: a transformers Llama / SmolLM2 / Qwen3 folder as that base")
+    p.add_argument("--weights", required=True, help="the official .pth file (hf-llm: the transformers folder)")
     p.add_argument("--vision", help="local vision encoder folder (CLIP ViT-B/16 or SigLIP2 P32); not for minimind-llm")
-    p.add_argument("--tokenizer", required=True, help="the release's tokenizer folder (tokenizer.json, ...)")
+    p.add_argument("--tokenizer", default=None,
+                   help="the release's tokenizer folder (tokenizer.json, ...); hf-llm: the model folder's own")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--n-heads", type=int, default=None,
                    help="attention heads (MiniMind2 weights do not record it; default 8, the official value)")
@@ -43,6 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    if args.format == "hf-llm":
+        from .hf_import import import_hf_llm
+
+        out = import_hf_llm(args.weights, args.out)
+        print(f"wrote the LLM run directory {out}: start VLM training from it with --from-llm {out}")
+        return 0
+    if not args.tokenizer:
+        raise ValueError(f"--format {args.format} needs --tokenizer: the release's tokenizer folder")
     from .importer import import_official
 
     out = import_official(args.format, args.weights, args.out, vision=args.vision, tokenizer=args.tokenizer,

@@ -1,0 +1,69 @@
+"""`import --format hf-llm`: a transformers Llama / Qwen3 folder becomes this package's LLM run, computing the same
+logits; what the decoder cannot express is refused with the reason."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen3Config,
+                          Qwen3ForCausalLM)
+
+from minimind_v.cli import main
+from minimind_v.config import IMAGE_TOKEN
+from minimind_v.interop.hf_import import llm_config_of
+from minimind_v.train.lm_only import load_llm_run
+
+
+def _plain_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE with no image token (as SmolLM2's or Llama's)."""
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(["the red square is small and the blue circle is large"] * 50, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_an_hf_llm_imports_with_the_same_logits(arch, tmp_path):
+    torch.manual_seed(0)
+    common = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0, tie_word_embeddings=arch == "qwen3")
+    model = LlamaForCausalLM(LlamaConfig(**common)) if arch == "llama" else \
+        Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common))
+    src = tmp_path / "hf"
+    model.save_pretrained(src)
+    _plain_tokenizer(290).save_pretrained(src)
+    assert main(["import", "--format", "hf-llm", "--weights", str(src), "--out", str(tmp_path / "run")]) == 0
+    ours, tok = load_llm_run(tmp_path / "run")
+    assert IMAGE_TOKEN in tok.get_added_vocab() and ours.llm.cfg.qk_norm == (arch == "qwen3")
+    ids = torch.randint(0, 290, (2, 17))
+    with torch.no_grad():
+        want = model(ids).logits[..., :290]  # the tokenizer's own tokens (290 is the added image token's row)
+        got = ours.llm(ids).logits[..., :290]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    new_row = ours.llm.embed_tokens.weight[tok.convert_tokens_to_ids(IMAGE_TOKEN)]
+    torch.testing.assert_close(new_row, model.get_input_embeddings().weight.mean(0))  # the mean, not noise
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"model_type": "qwen2"}, "Qwen2 puts biases on q, k and v"),
+    ({"model_type": "gpt2"}, "not importable"),
+    ({"head_dim": 128}, "head_dim 128 is not hidden_size / num_attention_heads"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),
+    ({"attention_bias": True}, "biases"),
+])
+def test_what_does_not_fit_is_refused_with_the_reason(change, reason):
+    hf = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+          "intermediate_size": 96, "vocab_size": 300}
+    with pytest.raises(ValueError, match=reason):
+        llm_config_of({**hf, **change})
+
+
+def test_a_folder_without_config_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    assert main(["import", "--format", "hf-llm", "--weights", str(tmp_path / "x"), "--out", str(tmp_path / "o")]) != 0
+    assert "has no config.json" in capsys.readouterr().err
+    json.dumps({})
