@@ -139,3 +139,26 @@ def test_stage_errors_are_clear(recipe, capsys):
     assert main(["train", "pretrain", "--data", str(r / "cap.jsonl"), "--from-llm", str(r / "llm"), "--vision",
                  "nope", "--vision-path", str(r / "clip"), "--out", str(r / "x"), *FAST]) == 2
     assert "clip-b16" in capsys.readouterr().err
+
+
+def test_a_pretrained_encoder_fine_tunes_its_last_layers_and_travels_with_the_run(recipe, tmp_path, capsys):
+    from minimind_v.encoder_files import write_random_encoder
+
+    r, _ = recipe
+    enc = write_random_encoder("clip", tmp_path / "clip2", image_size=32, patch_size=8, width=32, layers=2, seed=3)
+    pre = ["train", "pretrain", "--data", str(r / "cap.jsonl"), "--images", str(r / "im"), "--from-llm",
+           str(r / "llm_sft"), "--vision", "clip-b16", "--vision-path", str(enc), "--out", str(tmp_path / "pre"),
+           "--steps", "1", "--batch-size", "4", "--max-len", "200", *FAST]
+    assert main(pre) == 0
+    sft = ["train", "sft", "--data", str(r / "cap.jsonl"), "--images", str(r / "im"), "--from", str(tmp_path / "pre"),
+           "--out", str(tmp_path / "sft"), "--steps", "2", "--batch-size", "4", "--max-len", "200",
+           "--train-vision", "1", "--lr-vision", "1e-2", *FAST]
+    assert main(sft) == 0
+    before = load_file(enc / "model.safetensors")
+    after = load_file(tmp_path / "sft" / "vision" / "model.safetensors")  # the tuned encoder is inside the run
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(".layers.1." in k for k in changed) and not any(".layers.0." in k or "embeddings" in k for k in changed)
+    model, _ = load_run(tmp_path / "sft")
+    assert model.cfg.vision.path.endswith("vision")
+    assert main(sft[:-len(FAST)] + ["--feature-cache", str(tmp_path / "fc"), *FAST]) != 0
+    assert "needs a frozen encoder" in capsys.readouterr().err

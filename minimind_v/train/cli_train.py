@@ -62,6 +62,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
             s.add_argument("--lora-targets", default="q,k,v,o,gate,up,down",
                            help="comma list of q,k,v,o,gate,up,down,projector")
         if stage in ("pretrain", "sft"):
+            s.add_argument("--train-vision", type=int, default=0,
+                           help="also train the vision encoder: -1 all of it, N its last N layers (0: frozen, the "
+                                "default); its weights are then saved in the run; not with --feature-cache")
+            s.add_argument("--lr-vision", type=float, default=0.0, help="the encoder's learning rate (default --lr)")
             s.add_argument("--from-llm", default=None, help="an LLM (or VLM) run whose language model to start from")
             s.add_argument("--image-token", default=None,
                            help="the image placeholder token of a VLM built --from-llm (default <|image_pad|>; "

@@ -30,7 +30,7 @@ from ..device import DtypeChoice, pick_device, resolve_dtype
 from ..model.checkpoint import load_llm_weights, load_run, save_llm_run, save_run
 from ..model.lora import LoraConfig, apply_lora, base_hash, save_adapter
 from ..model.vlm import MiniMindVLM
-from ..runs import read_llm, write_text
+from ..runs import VISION_DIR, read_llm, write_folder, write_text
 from .distributed import close_distributed, init_distributed
 from .freeze import apply_freeze
 from .lm_only import LMOnly, load_llm_run
@@ -68,6 +68,8 @@ class StageOptions:
     freeze_llm: int | None = None  # 0 whole LLM, 1 first + last layer, 2 projector only; None: the stage's
     feature_cache: str | None = None
     lr_projector: float = 0.0
+    train_vision: int = 0  # 0: the encoder stays frozen; -1: all of it trains; N: its last N layers
+    lr_vision: float = 0.0
     # LoRA (model/lora.py): rank 0 trains the weights themselves; > 0 trains and saves only an adapter
     lora_rank: int = 0
     lora_alpha: float = 16.0
@@ -140,6 +142,12 @@ def build_model(opts: StageOptions, say: Callable[[str], None]) -> tuple[torch.n
         say(f"note: the encoder at {opts.vision_path} gives {model.tokens_per_image} tokens per image; the "
             f"{opts.vision} recipe expects {recipe.tokens(opts.merge)} (a different model size?)")
     return model, tok
+
+
+def save_tuned_encoder(model: MiniMindVLM, tok: Any, out: Path, extra: dict[str, Any]) -> None:
+    """A run whose pretrained encoder was fine-tuned: the encoder's new weights go into the run's vision/."""
+    write_folder(out / VISION_DIR, model.vision.save_pretrained)
+    save_run(model, tok, out, extra={**extra, "vision_trained": True}, encoder_in_run=True)
 
 
 def lora_config(opts: StageOptions) -> LoraConfig | None:
@@ -243,7 +251,11 @@ def run_stage(opts: StageOptions, say: Callable[[str], None] = print) -> dict[st
         model, tok = build_model(opts, say if dist.main else lambda s: None)
         vlm = isinstance(model, MiniMindVLM)
         freeze = d.freeze_llm if opts.freeze_llm is None else opts.freeze_llm
-        counts = apply_freeze(model, freeze) if vlm else {"llm": sum(p.numel() for p in model.parameters())}
+        train_vision = True if opts.train_vision == -1 else opts.train_vision
+        if opts.train_vision and not vlm:
+            raise ValueError("--train-vision is for the VLM stages (pretrain, sft)")
+        counts = apply_freeze(model, freeze, train_vision) if vlm else \
+            {"llm": sum(p.numel() for p in model.parameters())}
         if lora:
             base = base_hash(model)
             counts = {"lora": apply_lora(model, lora)}
@@ -256,6 +268,7 @@ def run_stage(opts: StageOptions, say: Callable[[str], None] = print) -> dict[st
         cfg = TrainConfig(steps=steps, batch_size=batch, lr=opts.lr or d.lr, min_lr_ratio=opts.min_lr_ratio,
                           warmup=opts.warmup, weight_decay=opts.weight_decay, grad_clip=opts.grad_clip, dtype=dtype,
                           log_every=opts.log_every, seed=opts.seed, accum=opts.accum, lr_projector=opts.lr_projector,
+                          lr_vision=opts.lr_vision,
                           lr_llm=opts.lr_llm, save_every=opts.save_every, compile=opts.compile)
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -272,6 +285,8 @@ def run_stage(opts: StageOptions, say: Callable[[str], None] = print) -> dict[st
         def export(m: torch.nn.Module) -> None:
             if lora:
                 save_adapter(m, lora, out, base)
+            elif vlm and opts.train_vision and not m.cfg.vision.trained_here:
+                save_tuned_encoder(m, tok, out, extra)
             else:
                 save_run(m, tok, out, extra=extra) if vlm else save_llm_run(m.llm, tok, out, extra=extra)
 

@@ -45,6 +45,7 @@ class TrainConfig:
     accum: int = 1  # micro-batches per optimizer step
     lr_projector: float = 0.0  # per-part learning rates; 0 = lr
     lr_llm: float = 0.0
+    lr_vision: float = 0.0
     save_every: int = 0  # optimizer steps between resumable checkpoints (0: only at the end / on Ctrl-C)
     compile: bool = False  # torch.compile each decoder block
 
