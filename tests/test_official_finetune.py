@@ -70,35 +70,46 @@ def test_an_imported_release_fine_tunes_on_every_row_and_answers(vector, tmp_pat
                                  max_new_tokens=4), str)
 
 
-def test_minimind2_v_is_rebuilt_from_the_official_minimind2_llm(tmp_path, capsys):
-    """The reference's documented path: the MiniMind2 LLM (its tokenizer has no <|image_pad|>) + CLIP, with '@' as
-    the image placeholder, pretrained, then asked."""
+@pytest.mark.parametrize("vector", list(RELEASES))
+def test_each_lineage_from_the_official_llm_to_an_answer(vector, tmp_path, capsys):
+    """The reference's documented path, per release: its LLM alone -> VLM pretrain -> SFT -> ask. MiniMind2's
+    tokenizer has no <|image_pad|>, so MiniMind2-V is built with '@' (a clear error says so without it)."""
     import torch
 
     from minimind_v.data.synthetic import write_tiny_encoder
     from minimind_v.model.checkpoint import load_run
 
-    vec = compat() / "vectors" / "a_dense"
+    fmt, tok_dir, heads = release(vector)
+    image, _ = RELEASES[vector]
+    vec = compat() / "vectors" / vector
     sd = torch.load(vec / "weights.pth", map_location="cpu", weights_only=True)
     torch.save({k: v for k, v in sd.items() if not k.startswith("vision_proj.")}, tmp_path / "llm_64.pth")
     llm = import_official("minimind-llm", tmp_path / "llm_64.pth", tmp_path / "llm",
-                          tokenizer=compat() / "tokenizers" / "minimind2-v", n_heads=4)
-    write_tiny_encoder("clip", tmp_path / "clip", image_size=32, patch_size=8)
+                          tokenizer=compat() / "tokenizers" / tok_dir, n_heads=heads)
+    kind, recipe = ("clip", "clip-b16") if vector == "a_dense" else ("siglip", "siglip2-b32")
+    write_tiny_encoder(kind, tmp_path / "enc", image_size=32, patch_size=8)
     rows, _ = synthetic_rows(4, seed=5)
     for r in rows:
         r["conversations"] = [{"role": "user", "content": "<image>\nDescribe the picture."},
                               {"role": "assistant", "content": "A picture."}]
     write_jsonl(rows, tmp_path / "cap.jsonl", tmp_path / "im")
-    base = ["train", "pretrain", "--data", str(tmp_path / "cap.jsonl"), "--images", str(tmp_path / "im"),
-            "--from-llm", str(llm), "--vision", "clip-b16", "--vision-path", str(tmp_path / "clip"),
-            "--out", str(tmp_path / "vlm"), "--steps", "1", "--batch-size", "4", "--max-len", "200", *FAST]
-    assert main(base) != 0 and "MiniMind2-V uses --image-token @" in capsys.readouterr().err
-    assert main(base + ["--image-token", "@"]) == 0
-    model, tok = load_run(tmp_path / "vlm")
-    assert model.cfg.image_token == "@" and model.cfg.image_token_id == tok.convert_tokens_to_ids("@") == 34
+    data = ["--data", str(tmp_path / "cap.jsonl"), "--images", str(tmp_path / "im"), "--steps", "1",
+            "--batch-size", "4", "--max-len", "200", *FAST]
+    pre = ["train", "pretrain", "--from-llm", str(llm), "--vision", recipe, "--vision-path", str(tmp_path / "enc"),
+           "--out", str(tmp_path / "vlm"), *data]
+    if vector == "a_dense":
+        assert main(pre) != 0 and "MiniMind2-V uses --image-token @" in capsys.readouterr().err
+        pre += ["--image-token", "@"]
+    assert main(pre) == 0
+    assert main(["train", "sft", "--from", str(tmp_path / "vlm"), "--out", str(tmp_path / "sft"), *data]) == 0
+    model, tok = load_run(tmp_path / "sft")
+    assert model.cfg.image_token == image and model.cfg.image_token_id == tok.convert_tokens_to_ids(image)
     import minimind_v
 
     from PIL import Image
 
-    vlm = minimind_v.load(str(tmp_path / "vlm"), device="cpu")
+    vlm = minimind_v.load(str(tmp_path / "sft"), device="cpu")
+    prompt = tok.decode(vlm.encode_chat([{"role": "user", "content": "<image>\nDescribe the picture."}], 1))
+    if vector == "b_dense":
+        assert prompt.endswith("<think>\n\n</think>\n\n")  # asked as minimind-3v was trained
     assert isinstance(vlm.answer([Image.new("RGB", (32, 32))], "<image>\nDescribe the picture.", max_new_tokens=3), str)
