@@ -65,7 +65,7 @@ def test_an_array_of_non_objects_is_a_bad_row(tmp_path):
     assert len(rows) == 3
     from minimind_v.data.rows import BadRow
 
-    with pytest.raises(BadRow, match="array is a JSON int"):
+    with pytest.raises(BadRow, match="element 2 is a JSON int"):
         rows[1]
 
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .rows import BadRow
+from .rows import OffsetRows
 
 CHUNK = 1 << 24
 _WS = " \t\r\n\ufeff"  # blanks, and a UTF-8 byte-order mark at the start
@@ -84,31 +82,13 @@ def _cut_off(path: Path, rows: int, at: int, err: Exception | None) -> ValueErro
                       f"the file is incomplete: download it again")
 
 
-class JsonArrayRows:
-    """Random access to the elements of a JSON array through an index of byte offsets."""
+class JsonArrayRows(OffsetRows):
+    """Random access to the elements of a JSON array through an index of byte offsets and lengths."""
+
+    what = "element"
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no such JSON file: {str(self.path)!r}")
-        self.offsets, self.lengths = index_array(self.path)
-        self._fh, self._pid = None, -1
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if self._pid != os.getpid():  # each DataLoader worker opens its own handle
-            self._fh, self._pid = open(self.path, "rb"), os.getpid()
-        self._fh.seek(int(self.offsets[i]))
-        row = json.loads(self._fh.read(int(self.lengths[i])))
-        if not isinstance(row, dict):
-            raise BadRow("bad_json", f"element {i} of the array is a JSON {type(row).__name__}, not an object")
-        return row
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_fh": None, "_pid": -1}
-
-    def __del__(self) -> None:
-        if getattr(self, "_fh", None) is not None and self._pid == os.getpid():
-            self._fh.close()
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such JSON file: {str(path)!r}")
+        super().__init__(path, *index_array(path))

@@ -32,14 +32,14 @@ class BadRow(ValueError):
         self.reason, self.detail = reason, detail
 
 
-class JsonlRows:
-    """Random access to the lines of a JSON-lines file through an index of line offsets."""
+class OffsetRows:
+    """Rows of one file found by byte offset (and length; without one a row is a line). Each DataLoader worker
+    opens its own handle; a row that is not a JSON object is a BadRow."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no such JSON-lines file: {str(self.path)!r}")
-        self.offsets = index_lines(self.path)
+    what = "line"  # what a row is called in errors
+
+    def __init__(self, path: Path, offsets: np.ndarray, lengths: np.ndarray | None = None):
+        self.path, self.offsets, self.lengths = path, offsets, lengths
         self._fh, self._pid = None, -1
 
     def __len__(self) -> int:
@@ -49,13 +49,13 @@ class JsonlRows:
         if self._pid != os.getpid():  # each DataLoader worker opens its own handle
             self._fh, self._pid = open(self.path, "rb"), os.getpid()
         self._fh.seek(int(self.offsets[i]))
-        line = self._fh.readline()
+        raw = self._fh.readline() if self.lengths is None else self._fh.read(int(self.lengths[i]))
         try:
-            row = json.loads(line)
+            row = json.loads(raw)
         except ValueError as e:
-            raise BadRow("bad_json", f"line {i + 1} is not valid JSON ({e})") from None
+            raise BadRow("bad_json", f"{self.what} {i + 1} is not valid JSON ({e})") from None
         if not isinstance(row, dict):
-            raise BadRow("bad_json", f"line {i + 1} is a JSON {type(row).__name__}, not an object")
+            raise BadRow("bad_json", f"{self.what} {i + 1} is a JSON {type(row).__name__}, not an object")
         return row
 
     def __getstate__(self) -> dict[str, Any]:
@@ -64,6 +64,16 @@ class JsonlRows:
     def __del__(self) -> None:
         if getattr(self, "_fh", None) is not None and self._pid == os.getpid():
             self._fh.close()
+
+
+class JsonlRows(OffsetRows):
+    """Random access to the lines of a JSON-lines file through an index of line offsets."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such JSON-lines file: {str(path)!r}")
+        super().__init__(path, index_lines(path))
 
 
 def index_lines(path: Path, chunk: int = 1 << 24) -> np.ndarray:
