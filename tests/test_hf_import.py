@@ -30,7 +30,8 @@ def _plain_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
 def test_an_hf_llm_imports_with_the_same_logits(arch, tmp_path):
     torch.manual_seed(0)
     common = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0, tie_word_embeddings=arch == "qwen3")
+                  num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0,
+                  tie_word_embeddings=arch == "qwen3")
     model = LlamaForCausalLM(LlamaConfig(**common)) if arch == "llama" else \
         Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common))
     src = tmp_path / "hf"
@@ -67,3 +68,46 @@ def test_a_folder_without_config_is_a_clear_error(tmp_path, capsys):
     assert main(["import", "--format", "hf-llm", "--weights", str(tmp_path / "x"), "--out", str(tmp_path / "o")]) != 0
     assert "has no config.json" in capsys.readouterr().err
     json.dumps({})
+
+
+def test_hf_llm_to_vlm_to_transformers(tmp_path):
+    """The lineage end to end: a transformers LLM -> import -> VLM pretrain -> export -> transformers answers with the
+    package's greedy tokens."""
+    from PIL import Image
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    import minimind_v
+    from minimind_v.data.synthetic import synthetic_rows, write_jsonl, write_tiny_encoder
+    from minimind_v.data.tokenizer import train_tokenizer
+
+    torch.manual_seed(1)
+    src = tmp_path / "hf"
+    tok = train_tokenizer(["What is in the picture? A red square and a small blue circle."] * 40, vocab_size=300)
+    LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                 tie_word_embeddings=True)).save_pretrained(src)
+    tok.save_pretrained(src)
+    assert main(["import", "--format", "hf-llm", "--weights", str(src), "--out", str(tmp_path / "llm")]) == 0
+    write_tiny_encoder("siglip", tmp_path / "enc", image_size=32, patch_size=8)
+    rows, _ = synthetic_rows(4, seed=2)
+    for r in rows:
+        r["conversations"] = [{"role": "user", "content": "<image>\nWhat is in the picture?"},
+                              {"role": "assistant", "content": "A red square."}]
+    write_jsonl(rows, tmp_path / "d.jsonl", tmp_path / "im")
+    assert main(["train", "pretrain", "--from-llm", str(tmp_path / "llm"), "--vision-path", str(tmp_path / "enc"),
+                 "--data", str(tmp_path / "d.jsonl"), "--images", str(tmp_path / "im"), "--out", str(tmp_path / "vlm"),
+                 "--steps", "12", "--batch-size", "4", "--max-len", "200", "--lr", "1e-2", "--freeze-llm", "0",
+                 "--workers", "0",
+                 "--device", "cpu", "--dtype", "fp32"]) == 0
+    assert main(["export", "--model", str(tmp_path / "vlm"), "--out", str(tmp_path / "export")]) == 0
+    image, question = Image.new("RGB", (32, 32), (200, 40, 40)), "<image>\nWhat is in the picture?"
+    ours = minimind_v.load(str(tmp_path / "vlm"), device="cpu").answer([image], question, max_new_tokens=6)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "export", trust_remote_code=True).eval()
+    proc = AutoProcessor.from_pretrained(tmp_path / "export", trust_remote_code=True)
+    text = proc.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                              add_generation_prompt=True)
+    batch = proc(text=text, images=[image])
+    with torch.no_grad():
+        out = hf.generate(**batch, max_new_tokens=6, do_sample=False)
+    theirs = proc.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert ours.strip() and theirs.strip() == ours.strip()  # the same words, not two empty answers

@@ -50,8 +50,9 @@ def _expanded(tok: Any, messages: list[dict], tokens_per_image: int, image_token
 def render_prompt(tok: Any, messages: list[dict], *, tokens_per_image: int, image_token: str,
                   system: str | None = None, **template_kwargs: Any) -> str:
     """The prompt text: `<image>` markers expanded, the template applied, the assistant's turn opened."""
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict) and messages[-1].get("role") != "user":
-        raise ValueError(f"a prompt must end with a user message, not {messages[-1].get('role')}")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if isinstance(last, dict) and last.get("role") != "user":
+        raise ValueError(f"a prompt must end with a user message, not {last.get('role')}")
     expanded = _expanded(tok, messages, tokens_per_image, image_token, system)
     return tok.apply_chat_template(expanded, tokenize=False, add_generation_prompt=True, **template_kwargs)
 
@@ -71,7 +72,8 @@ def encode_template_conversation(tok: Any, messages: list[dict], *, tokens_per_i
             continue
         prompt = tok.apply_chat_template(expanded[:k], tokenize=False, add_generation_prompt=True, **template_kwargs)
         upto = tok.apply_chat_template(expanded[:k + 1], tokenize=False, **template_kwargs)
-        if not (full.startswith(upto) and upto.startswith(prompt) and m["content"].split("</think>")[-1].strip() in upto[len(prompt):]):
+        answer = m["content"].split("</think>")[-1].strip()
+        if not (full.startswith(upto) and upto.startswith(prompt) and answer in upto[len(prompt):]):
             raise ValueError("the tokenizer's chat template renders earlier turns differently once later turns "
                              "follow, so the assistant's answers cannot be located; train with single-turn rows")
         spans.append((len(prompt), len(upto.rstrip())))  # the answer and its end token; not the newline after it

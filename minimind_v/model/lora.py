@@ -76,12 +76,13 @@ class LoRALinear(nn.Module):
 def _targets(model: nn.Module, cfg: LoraConfig) -> list[tuple[nn.Module, str]]:
     """(parent module, attribute name) of every linear layer the config targets."""
     wanted = {LLM_TARGETS[t] for t in cfg.targets if t in LLM_TARGETS}
+    projector = set(getattr(model, "projector", nn.Module()).modules()) if "projector" in cfg.targets else set()
     found = []
     for _, parent in model.named_modules():
         for name, child in parent.named_children():
             if not isinstance(child, nn.Linear):
                 continue
-            in_projector = "projector" in cfg.targets and parent in list(getattr(model, "projector", nn.Module()).modules())
+            in_projector = parent in projector
             is_ffn = name in ("gate", "up", "down") and isinstance(parent, SwiGLU)  # a MoE router is named gate too
             is_attn = name in ("q_proj", "k_proj", "v_proj", "o_proj")
             if in_projector or (name in wanted and (is_ffn or is_attn)):
