@@ -108,3 +108,14 @@ def write_tiny_llm_run(out: str | Path, seed: int = 0) -> Path:
     texts = [" ".join(rng.choice(WORDS) for _ in range(12)) + ". Describe the picture?" for _ in range(200)]
     tok = train_tokenizer(texts, vocab_size=320)
     return save_llm_run(MiniMindLM(llm_preset("shapes-tiny", vocab_size=padded_vocab(len(tok)))), tok, out)
+
+
+def labelled_runs(tok, ids: list[int], labels: list[int]) -> list[str]:
+    """The maximal runs of positions that have a label, decoded: what a training sample teaches."""
+    runs, cur = [], []
+    for i, lab in zip(ids, labels):
+        if lab != -100:
+            cur.append(i)
+        elif cur:
+            runs, cur = runs + [tok.decode(cur)], []
+    return runs + ([tok.decode(cur)] if cur else [])

@@ -7,25 +7,15 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
+from conftest import labelled_runs
 from minimind_v.cli import main
-from minimind_v.data.chat import IGNORE_INDEX, encode_conversation, encode_prompt
+from minimind_v.data.chat import encode_conversation, encode_prompt
 from minimind_v.data.synthetic import synthetic_rows, write_jsonl
 from minimind_v.interop.importer import import_official
 from test_interop_official import compat, release
 
 FAST = ["--workers", "0", "--log-every", "1", "--threads", "1", "--device", "cpu", "--dtype", "fp32"]
 RELEASES = {"a_dense": ("@", "</s>"), "b_dense": ("<|image_pad|>", "<|im_end|>")}
-
-
-def _answers(tok, ids, labels) -> list[str]:
-    """The labelled runs of a sample, decoded."""
-    runs, cur = [], []
-    for i, lab in zip(ids, labels):
-        if lab != IGNORE_INDEX:
-            cur.append(i)
-        elif cur:
-            runs, cur = runs + [tok.decode(cur)], []
-    return runs + ([tok.decode(cur)] if cur else [])
 
 
 @pytest.mark.parametrize("vector", list(RELEASES))
@@ -36,7 +26,7 @@ def test_labels_are_the_answers_and_the_prompt_is_the_inference_prompt(vector):
     msgs = [{"role": "user", "content": "<image>\nWhat is in the picture?"}, {"role": "assistant", "content": "A cat."},
             {"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "Grey."}]
     ids, labels = encode_conversation(tok, msgs, tokens_per_image=5, image_token=image)
-    assert _answers(tok, ids, labels) == [f"A cat.{end}", f"Grey.{end}"]
+    assert labelled_runs(tok, ids, labels) == [f"A cat.{end}", f"Grey.{end}"]
     prompt = encode_prompt(tok, msgs[:1], tokens_per_image=5, image_token=image)
     assert ids[:len(prompt)] == prompt  # trained on exactly what inference will show it
     assert ids.count(tok.convert_tokens_to_ids(image)) == 5
@@ -45,7 +35,7 @@ def test_labels_are_the_answers_and_the_prompt_is_the_inference_prompt(vector):
 
 
 @pytest.mark.parametrize("vector", list(RELEASES))
-def test_an_imported_release_fine_tunes_on_every_row_and_answers(vector, tmp_path):
+def test_an_imported_release_fine_tunes_on_every_row_andlabelled_runs(vector, tmp_path):
     vec = compat() / "vectors" / vector
     fmt, tok_dir, heads = release(vector)
     run = import_official(fmt, vec / "weights.pth", tmp_path / "imported", vision=vec / "vision",

@@ -11,15 +11,17 @@ cut out of the text before the byte-level pre-tokenizer runs: no BPE merge can c
 """
 from __future__ import annotations
 
+import json
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import IMAGE_MARKER, IMAGE_TOKEN
 from .tokenizer import CHAT_TEMPLATE
+from .tools import TOOL, as_text_turns, next_roles
 
 IGNORE_INDEX = -100  # what torch's cross-entropy skips
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", TOOL)
 BOS = "<|im_start|>"
 EOS = "<|im_end|>"
 
@@ -46,10 +48,12 @@ def count_markers(text: str) -> int:
 
 
 def encode_conversation(tok: Any, conversations: list[dict], *, tokens_per_image: int, image_token: str = IMAGE_TOKEN,
-                        max_len: int | None = None, system: str | None = None) -> tuple[list[int], list[int]]:
+                        max_len: int | None = None, system: str | None = None,
+                        tools: Any = None) -> tuple[list[int], list[int]]:
     """Encode a training conversation ending with the assistant's answer.
 
-    `system` is a default system prompt, used only when the conversation does not start with its own.
+    `system` is a default system prompt, used only when the conversation does not start with its own. Tool calls
+    and tool turns (tools.py) are learnt as the assistant's words and read as context.
     Returns (input_ids, labels) of equal length; labels are -100 except on assistant content + `<|im_end|>`.
     """
     _check_tokens_per_image(tokens_per_image)
@@ -59,12 +63,14 @@ def encode_conversation(tok: Any, conversations: list[dict], *, tokens_per_image
         # An imported official tokenizer: train in its own template, the format it is prompted with.
         from .template_prompt import encode_template_conversation
 
+        kw = {"tools": json.loads(tools) if isinstance(tools, str) else tools} if tools else {}
         ids, labels = encode_template_conversation(tok, messages, tokens_per_image=tokens_per_image,
-                                                   image_token=image_token)
+                                                   image_token=image_token, **kw)
         if max_len is not None and len(ids) > max_len:
             raise SampleTooLong(len(ids), max_len)
         return ids, labels
     pieces = _pieces(tok, image_token)
+    messages = as_text_turns(messages, tools)
     ids: list[int] = []
     labels: list[int] = []
     for m in messages:
@@ -189,7 +195,7 @@ def _with_system(messages: list[dict], system: str | None) -> list[dict]:
 
 
 def _check_messages(messages: list[dict], *, last_role: str) -> None:
-    expected = "user"
+    expected: tuple[str, ...] = ("user",)
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
@@ -198,7 +204,7 @@ def _check_messages(messages: list[dict], *, last_role: str) -> None:
             raise ValueError(f"message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(content, str):
             raise ValueError(f"message {i} ({role}) content must be a string, got {type(content).__name__}")
-        if not content.strip():
+        if not content.strip() and not (role == "assistant" and m.get("tool_calls")):
             raise ValueError(f"message {i} ({role}) has empty content")
         if role != "user" and IMAGE_MARKER in content:
             raise ValueError(f"message {i} ({role}) contains {IMAGE_MARKER}; images belong in user messages")
@@ -206,10 +212,10 @@ def _check_messages(messages: list[dict], *, last_role: str) -> None:
             if i != 0:
                 raise ValueError(f"message {i} is a system message; only the first message may be one")
             continue
-        if role != expected:
-            raise ValueError(f"message {i} is from {role} but {expected} was expected: turns must alternate "
-                             "user/assistant, starting with user")
-        expected = "assistant" if role == "user" else "user"
+        if role not in expected:
+            raise ValueError(f"message {i} is from {role} but {' or '.join(expected)} was expected: turns must "
+                             "alternate user/assistant, starting with user (tool results follow a tool call)")
+        expected = next_roles(m)
     last = messages[-1]["role"]
     if last != last_role:
         what = "a training sample must end with the assistant's answer" if last_role == "assistant" \

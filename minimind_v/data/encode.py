@@ -31,7 +31,8 @@ class SampleEncoder:
         if n_markers != len(images):
             raise ValueError(f"the conversation has {n_markers} <image> markers but {len(images)} images")
         ids, labels = encode_conversation(self.tokenizer, convs, tokens_per_image=self.tokens_per_image,
-                                          image_token=self.image_token, max_len=self.max_len)
+                                          image_token=self.image_token, max_len=self.max_len,
+                                          tools=sample.get("tools"))
         out = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
         if images:
             out["pixel_values"] = self.preprocess(images)

@@ -27,6 +27,7 @@ from PIL import Image
 
 from ..config import IMAGE_MARKER
 from .chat import ROLES, count_markers
+from .tools import calls_of, next_roles
 from .json_array import JsonArrayRows
 from .rows import BadRow, JsonlRows, ParquetRows, open_rows
 
@@ -55,31 +56,39 @@ def parse_conversations(value: Any) -> list[dict[str, str]]:
             raise BadRow("bad_roles", f"message {k} is not an object: {m!r:.80}")
         role = m.get("role", m.get("from"))
         content = m.get("content", m.get("value"))
-        out.append({"role": names.get(role, role), "content": content})
+        msg = {"role": names.get(role, role), "content": "" if content is None and m.get("tool_calls") else content}
+        if m.get("tool_calls"):
+            try:
+                msg["tool_calls"] = calls_of(m)
+            except ValueError as e:
+                raise BadRow("bad_json", f"message {k}: {e}") from None
+        out.append(msg)
     return out
 
 
 def check_conversation(convs: list[dict[str, Any]], n_images: int) -> None:
     """Raise BadRow unless turns alternate user/assistant (optional system first), are non-empty strings,
     end with the assistant, and the `<image>` markers (user turns only) match the number of images."""
-    expected = "user"
+    expected: tuple[str, ...] = ("user",)
     for k, m in enumerate(convs):
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
             raise BadRow("bad_roles", f"message {k} has role {role!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(content, str):
             raise BadRow("bad_json", f"message {k} ({role}) content is a {type(content).__name__}, not a string")
-        if not content.replace(IMAGE_MARKER, "").strip() and not (role == "user" and IMAGE_MARKER in content):
+        if not content.replace(IMAGE_MARKER, "").strip() and not (role == "user" and IMAGE_MARKER in content) \
+                and not m.get("tool_calls"):
             raise BadRow("empty_turn", f"message {k} ({role}) is empty")
         if role == "system":
             if k:
                 raise BadRow("bad_roles", f"message {k} is a system message; only the first may be")
             continue
-        if role != expected:
-            raise BadRow("bad_roles", f"message {k} is from {role}, expected {expected} (turns must alternate)")
+        if role not in expected:
+            raise BadRow("bad_roles", f"message {k} is from {role}, expected {' or '.join(expected)} (turns must "
+                         f"alternate; tool results follow a tool call)")
         if role != "user" and IMAGE_MARKER in content:
             raise BadRow("placeholder_mismatch", f"message {k} ({role}) holds {IMAGE_MARKER}")
-        expected = "assistant" if role == "user" else "user"
+        expected = next_roles(m)
     if convs[-1].get("role") != "assistant":
         raise BadRow("bad_roles", "the conversation does not end with an assistant answer")
     markers = sum(count_markers(m["content"]) for m in convs)
@@ -189,11 +198,12 @@ class SampleReader:
         row = self.rows[i]
         convs = parse_conversations(row.get("conversations", row.get("messages")))
         refs = image_refs(row, self.image_root)
+        tools = {"tools": row["tools"]} if row.get("tools") else {}
         if refs and self.unmarked_images == "text" and not _markers(convs):
             check_conversation(convs, 0)  # a text-only row that carries a placeholder image: train it as text
-            return {"conversations": convs, "images": [], "unmarked_images": len(refs)}
+            return {"conversations": convs, "images": [], "unmarked_images": len(refs), **tools}
         check_conversation(convs, len(refs))
-        return {"conversations": convs, "images": refs}
+        return {"conversations": convs, "images": refs, **tools}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.record(i)

@@ -41,7 +41,7 @@ def _expanded(tok: Any, messages: list[dict], tokens_per_image: int, image_token
                              f"write {IMAGE_MARKER} for an image")
         if IMAGE_MARKER in content and m["role"] != "user":
             raise ValueError(f"{IMAGE_MARKER} found in a {m['role']} message; images belong in user messages")
-        expanded.append({"role": m["role"], "content": content.replace(IMAGE_MARKER, image_token * tokens_per_image)})
+        expanded.append({**m, "content": content.replace(IMAGE_MARKER, image_token * tokens_per_image)})
     if system is not None and expanded[0]["role"] != "system":
         expanded.insert(0, {"role": "system", "content": system})
     return expanded
