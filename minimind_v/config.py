@@ -27,6 +27,7 @@ class LLMConfig:
     rope_theta: float = 1e6
     norm_eps: float = 1e-5
     qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (minimind-3v)
+    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2 / Qwen2.5 backbones)
     tie_embeddings: bool = True
     dropout: float = 0.0
     # Mixture of experts: n_experts == 0 means a dense SwiGLU feed-forward.

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen3Config,
-                          Qwen3ForCausalLM)
+from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 from minimind_v.cli import main
 from minimind_v.config import IMAGE_TOKEN
@@ -26,31 +26,45 @@ def _plain_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_an_hf_llm_imports_with_the_same_logits(arch, tmp_path):
     torch.manual_seed(0)
     common = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0,
                   tie_word_embeddings=arch == "qwen3")
-    model = LlamaForCausalLM(LlamaConfig(**common)) if arch == "llama" else \
-        Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common))
+    model = {"llama": lambda: LlamaForCausalLM(LlamaConfig(**common)),
+             "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**common)),
+             "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common))}[arch]()
+    with torch.no_grad():  # biases are zero at init: give Qwen2's q/k/v biases values worth checking
+        for name, p in model.named_parameters():
+            if name.endswith("_proj.bias"):
+                p.normal_(0, 0.5)
     src = tmp_path / "hf"
     model.save_pretrained(src)
     _plain_tokenizer(290).save_pretrained(src)
     assert main(["import", "--format", "hf-llm", "--weights", str(src), "--out", str(tmp_path / "run")]) == 0
     ours, tok = load_llm_run(tmp_path / "run")
     assert IMAGE_TOKEN in tok.get_added_vocab() and ours.llm.cfg.qk_norm == (arch == "qwen3")
+    assert ours.llm.cfg.qkv_bias == (arch == "qwen2")
     ids = torch.randint(0, 290, (2, 17))
     with torch.no_grad():
         want = model(ids).logits[..., :290]  # the tokenizer's own tokens (290 is the added image token's row)
         got = ours.llm(ids).logits[..., :290]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # and back: export --llm-only gives the same architecture with the same logits
+    assert main(["export", "--llm-only", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "back")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert type(back).__name__ == type(model).__name__
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits[..., :290], want, atol=1e-4, rtol=1e-4)
     new_row = ours.llm.embed_tokens.weight[tok.convert_tokens_to_ids(IMAGE_TOKEN)]
     torch.testing.assert_close(new_row, model.get_input_embeddings().weight.mean(0))  # the mean, not noise
 
 
 @pytest.mark.parametrize("change, reason", [
-    ({"model_type": "qwen2"}, "Qwen2 puts biases on q, k and v"),
+    ({"use_sliding_window": True}, "sliding-window"),
     ({"model_type": "gpt2"}, "not importable"),
     ({"head_dim": 128}, "head_dim 128 is not hidden_size / num_attention_heads"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),

@@ -1,11 +1,11 @@
 """`minimind-v import --format hf-llm DIR`: a small Hugging Face LLM (a local transformers folder) as the base of a
 VLM, the inverse of `export --llm-only` (hf_llm.py).
 
-A Llama-family model (Llama, SmolLM2, TinyLlama) or a Qwen3 model computes what this package's decoder computes
-when its shapes fit: RMSNorm, rotate_half RoPE without scaling, GQA, SwiGLU, no biases, and each head of
-hidden_size / num_attention_heads dimensions (Qwen3 q/k-norm included). Only the key names change. What does not
-fit is refused with the reason: Qwen2 / Qwen2.5 (biases on q, k and v), a head size other than hidden / heads
-(Qwen3-0.6B and larger), RoPE scaling (Llama 3.1+), MoE.
+A Llama-family model (Llama, SmolLM2, TinyLlama), a Qwen2 / Qwen2.5 or a Qwen3 model computes what this
+package's decoder computes when its shapes fit: RMSNorm, rotate_half RoPE without scaling, GQA, SwiGLU, and each
+head of hidden_size / num_attention_heads dimensions (Qwen2's q/k/v biases and Qwen3's q/k-norm included). Only
+the key names change. What does not fit is refused with the reason: a head size other than hidden / heads
+(Qwen3-0.6B and larger), RoPE scaling (Llama 3.1+), sliding-window attention, other biases, MoE.
 
 A tokenizer without `<|image_pad|>` gets it as a new special token; the embedding (and an untied head) gets one
 row for it, the mean of the existing rows, so the new token starts as an average word rather than noise.
@@ -25,22 +25,23 @@ from ..data.tokenizer import load_tokenizer
 from ..model.checkpoint import save_llm_run
 from ..model.llm import MiniMindLM
 
-SUPPORTED = ("llama", "qwen3")
+SUPPORTED = ("llama", "qwen2", "qwen3")
 
 
 def llm_config_of(hf: dict[str, Any]) -> LLMConfig:
     """Our LLMConfig for a transformers config.json, or a ValueError naming what does not fit."""
     kind = hf.get("model_type")
     if kind not in SUPPORTED:
-        hint = " (Qwen2 puts biases on q, k and v, which this decoder has none of)" if kind in ("qwen2",) else ""
-        raise ValueError(f"model_type {kind!r} is not importable{hint}; supported: {', '.join(SUPPORTED)} "
-                         "(Llama, SmolLM2, TinyLlama, Qwen3 with head_dim = hidden_size / num_attention_heads)")
+        raise ValueError(f"model_type {kind!r} is not importable; supported: {', '.join(SUPPORTED)} (Llama, "
+                         "SmolLM2, TinyLlama, Qwen2 / Qwen2.5, Qwen3 with head_dim = hidden_size / heads)")
     dim, heads = hf["hidden_size"], hf["num_attention_heads"]
     problems = []
     if hf.get("head_dim", dim // heads) != dim // heads:
         problems.append(f"head_dim {hf['head_dim']} is not hidden_size / num_attention_heads = {dim // heads}")
     if hf.get("attention_bias") or hf.get("mlp_bias"):
-        problems.append("biases in attention or MLP")
+        problems.append("biases in attention or MLP (beyond Qwen2's on q, k and v)")
+    if hf.get("use_sliding_window"):
+        problems.append("sliding-window attention")
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"activation {hf['hidden_act']!r} (SwiGLU needs silu)")
     scaling = hf.get("rope_scaling") or {}
@@ -52,7 +53,7 @@ def llm_config_of(hf: dict[str, Any]) -> LLMConfig:
     return LLMConfig(dim=dim, n_layers=hf["num_hidden_layers"], n_heads=heads,
                      n_kv_heads=hf.get("num_key_value_heads") or heads, ffn_dim=hf["intermediate_size"],
                      vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
-                     rope_theta=float(theta), norm_eps=hf.get("rms_norm_eps", 1e-6), qk_norm=kind == "qwen3",
+                     rope_theta=float(theta), norm_eps=hf.get("rms_norm_eps", 1e-6), qk_norm=kind == "qwen3", qkv_bias=kind == "qwen2",
                      tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 

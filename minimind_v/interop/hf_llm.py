@@ -41,6 +41,11 @@ def pick_architecture(cfg: LLMConfig) -> str:
             raise ValueError("an MoE without q/k-norm maps to Mixtral, which always renormalises the top-k "
                              "router weights; this model has norm_topk_prob off")
         return "MixtralForCausalLM"
+    if cfg.qkv_bias:
+        if cfg.qk_norm or cfg.use_moe:
+            raise ValueError("q/k/v biases together with q/k-norm or experts match no built-in transformers "
+                             "architecture; export the full model instead")
+        return "Qwen2ForCausalLM"
     return "Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM"
 
 
@@ -55,8 +60,8 @@ def hf_config(cfg: LLMConfig, arch: str, tok) -> dict:
         dtype="float32")
     if arch == "LlamaForCausalLM":
         return dict(model_type="llama", intermediate_size=cfg.ffn_dim, mlp_bias=False, **common)
-    if arch == "Qwen3ForCausalLM":
-        return dict(model_type="qwen3", intermediate_size=cfg.ffn_dim, use_sliding_window=False, **common)
+    if arch in ("Qwen3ForCausalLM", "Qwen2ForCausalLM"):
+        return dict(model_type=arch[:5].lower(), intermediate_size=cfg.ffn_dim, use_sliding_window=False, **common)
     moe_ffn = cfg.moe_ffn_dim or cfg.ffn_dim
     if arch == "Qwen3MoeForCausalLM":
         return dict(model_type="qwen3_moe", intermediate_size=moe_ffn, moe_intermediate_size=moe_ffn,
