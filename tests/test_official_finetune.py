@@ -103,3 +103,18 @@ def test_each_lineage_from_the_official_llm_to_an_answer(vector, tmp_path, capsy
     if vector == "b_dense":
         assert prompt.endswith("<think>\n\n</think>\n\n")  # asked as minimind-3v was trained
     assert isinstance(vlm.answer([Image.new("RGB", (32, 32))], "<image>\nDescribe the picture.", max_new_tokens=3), str)
+
+
+def test_templates_that_hide_the_answers_or_placeholders_in_text_are_clear_errors():
+    tok = AutoTokenizer.from_pretrained(str(compat() / "tokenizers" / "minimind2-v"))
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Mail me at a@b.c"}, {"role": "assistant", "content": "Done."}]
+    with pytest.raises(ValueError, match="image placeholder '@'"):  # '@' is MiniMind2-V's image token
+        encode_conversation(tok, msgs, tokens_per_image=4, image_token="@")
+    # a template that drops earlier answers once later turns follow: the answers cannot be located
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' or loop.last %}"
+                         "{{ '<s>' + m['role'] + '\\n' + m['content'] + '</s>\\n' }}{% endif %}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ '<s>assistant\\n' }}{% endif %}")
+    msgs[2]["content"] = "And now?"
+    with pytest.raises(ValueError, match="answers cannot be located"):
+        encode_conversation(tok, msgs, tokens_per_image=4, image_token="@")
