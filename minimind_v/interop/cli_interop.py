@@ -29,7 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Write a transformers directory: AutoModelForCausalLM / AutoProcessor with "
                                    "trust_remote_code=True, or with --llm-only a plain Llama / Qwen3 checkpoint.")
     e.add_argument("--model", required=True, help="run directory")
-    e.add_argument("--out", required=True, help="directory to write")
+    e.add_argument("--out", default=None, help="directory to write (not with --gguf)")
+    e.add_argument("--gguf", default=None, metavar="FILE",
+                   help="write the language model as one GGUF file for llama.cpp / ollama instead")
+    e.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0"], help="GGUF weight type (default f16)")
     e.add_argument("--llm-only", action="store_true",
                    help="the language model alone, loadable without remote code (Llama / Qwen3 / Qwen3-MoE / "
                         "Mixtral, whichever computes the same thing)")
@@ -86,6 +89,14 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.gguf:
+        from .gguf_export import export_gguf
+
+        out = export_gguf(args.model, args.gguf, args.gguf_type)
+        print(f"wrote {out}: llama-cli -m {out} (or an ollama Modelfile: FROM {out})")
+        return 0
+    if not args.out:
+        raise ValueError("export needs --out DIR (or --gguf FILE)")
     if args.llm_only:
         from .hf_llm import export_llm_only
 
