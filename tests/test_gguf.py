@@ -56,7 +56,7 @@ def test_what_llama_cpp_cannot_run_is_refused():
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
-@pytest.mark.parametrize("out_type", ["f32", "f16"])
+@pytest.mark.parametrize("out_type", ["f32", "f16", "q8_0"])
 def test_llama_cpp_gives_the_packages_greedy_tokens(arch, out_type, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding is not installed (pip install "
                                     "llama-cpp-python builds it from source; benchmarks/gguf_check.sh does it)")
@@ -77,11 +77,13 @@ def test_llama_cpp_gives_the_packages_greedy_tokens(arch, out_type, tmp_path):
         theirs.append(token)
         if len(theirs) == 8:
             break
-    assert theirs == ours
-    if out_type == "f32":
+    if out_type != "q8_0":  # 8-bit weights may move a near tie: for them, the logits below
+        assert theirs == ours
+    if out_type in ("f32", "q8_0"):
         llm.reset()
         llm.eval(prompt)
         with torch.no_grad():
             want = model.llm(torch.tensor([prompt])).logits[0, -1]
         got = torch.tensor(llm.scores[len(prompt) - 1])[: want.shape[0]]
-        torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+        tol = 2e-3 if out_type == "f32" else 0.05 * float(want.abs().max())  # q8_0: 8 bits per weight
+        torch.testing.assert_close(got, want, atol=tol, rtol=0)
