@@ -11,14 +11,13 @@ cut out of the text before the byte-level pre-tokenizer runs: no BPE merge can c
 """
 from __future__ import annotations
 
-import json
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import IMAGE_MARKER, IMAGE_TOKEN
 from .tokenizer import CHAT_TEMPLATE
-from .tools import TOOL, as_text_turns, next_roles
+from .tools import TOOL, as_text_turns, next_roles, parse_tools
 
 IGNORE_INDEX = -100  # what torch's cross-entropy skips
 ROLES = ("system", "user", "assistant", TOOL)
@@ -59,11 +58,11 @@ def encode_conversation(tok: Any, conversations: list[dict], *, tokens_per_image
     _check_tokens_per_image(tokens_per_image)
     messages = _with_system(conversations, system)
     _check_messages(messages, last_role="assistant")
-    if getattr(tok, "chat_template", None) not in (None, CHAT_TEMPLATE):
+    if _foreign_template(tok):
         # An imported official tokenizer: train in its own template, the format it is prompted with.
         from .template_prompt import encode_template_conversation
 
-        kw = {"tools": json.loads(tools) if isinstance(tools, str) else tools} if tools else {}
+        kw = {"tools": parse_tools(tools)} if tools else {}
         ids, labels = encode_template_conversation(tok, messages, tokens_per_image=tokens_per_image,
                                                    image_token=image_token, **kw)
         if max_len is not None and len(ids) > max_len:
@@ -92,7 +91,7 @@ def encode_conversation(tok: Any, conversations: list[dict], *, tokens_per_image
 def encode_prompt(tok: Any, messages: list[dict], *, tokens_per_image: int, image_token: str = IMAGE_TOKEN,
                   system: str | None = None) -> list[int]:
     """Encode a conversation ending with a user turn, followed by the `<|im_start|>assistant\\n` prompt."""
-    if getattr(tok, "chat_template", None) not in (None, CHAT_TEMPLATE):
+    if _foreign_template(tok):
         # An imported official tokenizer: build the prompt with its own template, as that release was trained.
         from .template_prompt import encode_template_prompt
 
@@ -139,15 +138,19 @@ class _Pieces:
         return self.backend.encode(text, add_special_tokens=False).ids if text else []
 
 
-_CACHE: "weakref.WeakKeyDictionary[object, dict[tuple, _Pieces]]" = weakref.WeakKeyDictionary()
+_CACHE: "weakref.WeakKeyDictionary[object, dict[str, _Pieces]]" = weakref.WeakKeyDictionary()
+
+
+def _foreign_template(tok: Any) -> bool:
+    """Whether the tokenizer carries a chat template other than this package's ChatML (an official release's)."""
+    return getattr(tok, "chat_template", None) not in (None, CHAT_TEMPLATE)
 
 
 def _pieces(tok, image_token: str) -> _Pieces:
     per_tok = _CACHE.setdefault(tok, {})
-    key = (image_token, getattr(tok, "chat_template", None))  # a tokenizer's template may be set after first use
-    if key not in per_tok:
-        per_tok[key] = _build_pieces(tok, image_token)
-    return per_tok[key]
+    if image_token not in per_tok:
+        per_tok[image_token] = _build_pieces(tok, image_token)
+    return per_tok[image_token]
 
 
 def _build_pieces(tok, image_token: str) -> _Pieces:

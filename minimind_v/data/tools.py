@@ -49,6 +49,13 @@ def calls_of(message: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def parse_tools(tools: Any) -> list[Any] | None:
+    """A row's tool list, given as a list or as its JSON text; None when there is none."""
+    if not tools:
+        return None
+    return json.loads(tools) if isinstance(tools, str) else list(tools)
+
+
 def as_text_turns(messages: list[dict[str, Any]], tools: Any = None) -> list[dict[str, str]]:
     """The conversation with tool calls written into the assistant's text and the tool list as a system turn."""
     out = []
@@ -59,9 +66,9 @@ def as_text_turns(messages: list[dict[str, Any]], tools: Any = None) -> list[dic
             args = c["arguments"] if isinstance(c["arguments"], str) else json.dumps(c["arguments"], ensure_ascii=False)
             text += f'\n<tool_call>\n{{"name": "{c["name"]}", "arguments": {args}}}\n</tool_call>'
         out.append({"role": m["role"], "content": text.strip("\n") if calls else text})
+    tools = parse_tools(tools)
     if tools:
-        listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in (json.loads(tools) if isinstance(tools, str)
-                                                                          else tools))
+        listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
         note = f"# Tools\n\nYou may call these functions:\n<tools>\n{listing}\n</tools>"
         if out and out[0]["role"] == "system":
             out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + note}
