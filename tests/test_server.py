@@ -48,6 +48,18 @@ def image_part(url: str) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def video_part(url: str, frames: int | None = None) -> dict:
+    return {"type": "video_url", "video_url": {"url": url, **({"frames": frames} if frames is not None else {})}}
+
+
+def gif(n: int = 6) -> bytes:
+    """An animated GIF whose frame i is a flat grey of level 30 * i."""
+    frames = [Image.new("RGB", (24, 24), (30 * i,) * 3) for i in range(n)]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return out.getvalue()
+
+
 @pytest.fixture(scope="module")
 def allowed(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("allowed")
@@ -87,6 +99,20 @@ def test_openai_client_non_streaming_matches_the_python_api(client, vlm):
     assert r.usage.prompt_tokens == expected.prompt_tokens > vlm.model.tokens_per_image
     assert r.usage.completion_tokens == expected.completion_tokens
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_a_video_part_is_its_frames_as_images(client, vlm):
+    source = Image.open(io.BytesIO(gif()))
+    frames = []
+    for i in (0, 2, 3, 5):  # frame_indices(6, 4): the middle of four equal stretches
+        source.seek(i)
+        frames.append(source.convert("RGB"))
+    r = client.chat.completions.create(model="tiny", max_tokens=6, messages=user(
+        video_part(data_url(gif(), "image/gif"), 4), "Which way does the red circle move?"))
+    expected = vlm.stream_chat([{"role": "user", "content": "<image>\n" * 4 + "Which way does the red circle move?"}],
+                               frames, max_new_tokens=6)
+    assert r.choices[0].message.content == expected.read()
+    assert r.usage.prompt_tokens == expected.prompt_tokens > 4 * vlm.model.tokens_per_image
 
 
 def test_openai_client_streaming_equals_non_streaming(client, base):
@@ -231,6 +257,12 @@ BAD = [  # (request body or raw bytes, status, code, param)
      "invalid_image_url", "messages[0].content[1].image_url.url"),
     ({"model": "tiny", "messages": user(image_part(IMG), image_part(IMG), image_part(IMG), "x")}, 400,
      "too_many_images", "messages"),
+    ({"model": "tiny", "messages": user("x", video_part(data_url(gif(), "image/gif"), 17))}, 400, "invalid_value",
+     "messages[0].content[1].video_url.frames"),
+    ({"model": "tiny", "messages": user("x", video_part(IMG))}, 400, "invalid_video",
+     "messages[0].content[1].video_url.url"),
+    ({"model": "tiny", "messages": user(*[video_part(data_url(gif(), "image/gif"), 8)] * 3, "x")}, 400,
+     "too_many_frames", "messages"),
     ({"model": "tiny", "messages": user("<image> and <image>", image_part(IMG))}, 400, "image_marker_mismatch",
      "messages[0].content"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "<image>\nWhat?"}]}, 400, "image_marker_mismatch",

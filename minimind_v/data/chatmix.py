@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from ..config import IMAGE_MARKER
 from .balanced import CYCLES, absent_qa, balanced_qa
 from .digits import digit_qa, load_digit_split, render_digit
+from .motion import DIRECTIONS, TRAIN_FRAMES, motion_answer, motion_question, render_clip, sample_clip
 from .wording import question as worded
 from .world import EVAL_KIND_SEED_BLOCK, eval_seed, render, sample_scene, sample_scene_pair, train_seed
 from .world_text import (QA, SINGLE_KINDS, TWO_IMAGE_KINDS, article, ask, caption, canonical_questions, paraphrase,
@@ -32,6 +33,7 @@ class MixWeights:
     digit: float = 0.15  # a handwritten digit (train split)
     text: float = 0.10  # no image at all
     caption: float = 0.15  # one image, describe it
+    motion: float = 0.05  # a clip of 3..5 frames, "Which way does the red circle move?" (motion.py)
     canonical: float = 0.65  # share of turns in the contract's exact wording (the rest in training wordings)
     balanced: float = 0.35  # share of image dialogues opened by a question drawn like the evaluation's (every
     # answer alike: count_color 3 and 4, near-miss no's, every colour, place and size)
@@ -165,7 +167,18 @@ def _text(rng: random.Random, size: int, w: MixWeights) -> dict:
     return {"conversations": conv, "images": []}
 
 
-_MAKERS = {"dialogue": _dialogue, "two_image": _two_image, "digit": _digit, "text": _text, "caption": _caption}
+def _motion(rng: random.Random, size: int, w: MixWeights) -> dict:
+    clip = sample_clip(random.Random(train_seed(rng.getrandbits(48))), rng.randint(*TRAIN_FRAMES))
+    canonical = rng.random() < w.canonical
+    question = motion_question(clip) if canonical else motion_question(clip, rng, "train")
+    answer = motion_answer(clip) if canonical else motion_answer(clip, rng)
+    return {"conversations": [{"role": "user", "content": IMAGE * len(clip.frames) + question},
+                              {"role": "assistant", "content": answer}],
+            "images": render_clip(clip, size, rng, jitter=True)}
+
+
+_MAKERS = {"dialogue": _dialogue, "two_image": _two_image, "digit": _digit, "text": _text, "caption": _caption,
+           "motion": _motion}
 
 
 def make_sample(rng: random.Random, *, image_size: int = 96, kinds: str = "sft",
@@ -182,6 +195,7 @@ def make_sample(rng: random.Random, *, image_size: int = 96, kinds: str = "sft",
 
 
 EVAL_KINDS = SINGLE_KINDS + TWO_IMAGE_KINDS + ("absent",)
+EVAL_FRAMES = 4  # frames per motion clip in the evaluation
 
 
 def _item(kind: str, question: str, qa: QA, images: list, wording: str) -> dict:
@@ -208,6 +222,14 @@ def eval_items(n_per_kind: int, seed: int = 0, image_size: int = 96, unseen: boo
             if unseen:
                 asked = qa.slots["ask"] if kind == "absent" else kind
                 reworded.append(_item(kind, worded(asked, qa.slots, rng, "held_out"), qa, images, "unseen"))
+    for i in range(n_per_kind):  # motion (ours): the four directions in turn
+        rng = random.Random(eval_seed((seed * 100 + len(EVAL_KINDS)) * EVAL_KIND_SEED_BLOCK + i))
+        clip = sample_clip(rng, EVAL_FRAMES, DIRECTIONS[i % len(DIRECTIONS)])
+        frames = render_clip(clip, image_size, rng, **EVAL_STYLE)
+        qa = QA("motion", motion_question(clip), motion_answer(clip), clip.direction)
+        items.append(_item("motion", qa.question, qa, frames, "canonical"))
+        if unseen:
+            reworded.append(_item("motion", motion_question(clip, rng, "held_out"), qa, frames, "unseen"))
     images, labels = load_digit_split("eval")
     for j, (px, label) in enumerate(zip(images, labels)):
         qa = digit_qa(int(label))

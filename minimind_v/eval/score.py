@@ -6,6 +6,8 @@ Lower-case, punctuation becomes spaces, whole words only. Then one rule per kind
 - a number (count, count_color, digit): the first number in the answer, as digits or a word; "no"/"none" are 0.
 - yes/no and first/second: the first of the two words to occur is the answer.
 - caption: F1 between the {color} {shape} pairs the answer names and the scene's pairs.
+- motion (ours, not the contract's: which way an object moves over a clip's frames): a closed list like colours,
+  the key direction is named and no other of left / right / up / down.
 - absent (ours, not the contract's: a question about an object that is not there; the key names that object):
   right when the answer says so (a negation: no, not, none, nothing, cannot, n't ...) and names no colour, size or
   position beyond the key's own words, i.e. does not describe the missing object as if it were there.
@@ -22,7 +24,8 @@ POSITION_NAMES = ("top left", "top", "top right", "left", "center", "right", "bo
 NUMBER_WORDS = {"no": 0, "none": 0, "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
                 "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
 
-LIST_KINDS = {"color": COLOR_WORDS, "shape": SHAPE_WORDS, "size": SIZE_WORDS}
+DIRECTION_WORDS = ("left", "right", "up", "down")
+LIST_KINDS = {"color": COLOR_WORDS, "shape": SHAPE_WORDS, "size": SIZE_WORDS, "motion": DIRECTION_WORDS}
 NUMBER_KINDS = ("count", "count_color", "digit")
 CHOICE_KINDS = {"exists": ("yes", "no"), "both_have": ("yes", "no"),
                 "compare_count": ("first", "second"), "which_has": ("first", "second")}

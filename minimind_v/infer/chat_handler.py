@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Callable
 
 from .admission import Admission, image_cost
 from .http_guard import BodyReader, require_json
-from .images import ImageError, ImageLimits, image_bytes, load_pixels, open_image
+from .images import ImageError, ImageLimits, image_bytes, load_frames, load_pixels, open_image
 from .openai_protocol import (APIError, ChatRequest, RequestLimits, bad, chunk, completion_body, generation_args,
                               new_id, parse_chat_request, usage)
 
@@ -109,9 +109,14 @@ class ChatHandler:
             raise APIError(404, f"model {req.model[:60]!r} does not exist; this server has {', '.join(self.models)}",
                            "model", "model_not_found")
         limits = self.settings.limits
-        if len(req.images) > limits.max_images:
-            raise bad(f"{len(req.images)} images in one request; the limit is {limits.max_images}", "messages",
+        n_stills = sum(1 for *_, frames in req.images if not frames)
+        n_frames = sum(frames for *_, frames in req.images)
+        if n_stills > limits.max_images:
+            raise bad(f"{n_stills} images in one request; the limit is {limits.max_images}", "messages",
                       "too_many_images")
+        if n_frames > limits.max_video_frames:
+            raise bad(f"{n_frames} video frames in one request; the limit is {limits.max_video_frames}", "messages",
+                      "too_many_frames")
         pixels = await self.pixels(vlm, req)
         gen = await self.off_loop(generation_args, vlm, req, 0 if pixels is None else len(pixels),
                                   self.settings.default_max_tokens)
@@ -123,14 +128,15 @@ class ChatHandler:
             return None
         opened = await self.off_loop(open_images, req.images, self.settings.limits)
         processor = getattr(vlm.model.vision, "processor", None)
-        async with self.admission.reserve(sum(image_cost(im, processor) for im in opened)):
+        cost = sum(image_cost(im, processor) * max(1, frames) for im, (*_, frames) in zip(opened, req.images))
+        async with self.admission.reserve(cost):
             return await self.off_loop(lambda: vlm.preprocess(decode_images(opened, req.images)))
 
 
-def open_images(refs: list[tuple[str, str]], limits: ImageLimits) -> list[Any]:
-    """Fetch each image's bytes and read its header (every size check passed, no pixel decoded yet)."""
+def open_images(refs: list[tuple[str, str, int]], limits: ImageLimits) -> list[Any]:
+    """Fetch each image's (or video's) bytes and read its header (every size check passed, no pixel decoded)."""
     opened = []
-    for url, param in refs:
+    for url, param, _frames in refs:
         try:
             opened.append(open_image(image_bytes(url, limits), limits))
         except ImageError as e:
@@ -138,12 +144,12 @@ def open_images(refs: list[tuple[str, str]], limits: ImageLimits) -> list[Any]:
     return opened
 
 
-def decode_images(opened: list[Any], refs: list[tuple[str, str]]) -> list[Any]:
-    """Decode opened images into RGB (what the image processor takes)."""
+def decode_images(opened: list[Any], refs: list[tuple[str, str, int]]) -> list[Any]:
+    """Decode opened images into RGB (what the image processor takes); a video gives its sampled frames."""
     images = []
-    for im, (_, param) in zip(opened, refs):
+    for im, (_, param, frames) in zip(opened, refs):
         try:
-            images.append(load_pixels(im))
+            images += load_frames(im, frames) if frames else [load_pixels(im)]
         except ImageError as e:
             raise bad(f"{param}: {e}", param, e.code) from None
     return images

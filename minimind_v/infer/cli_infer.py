@@ -79,6 +79,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ask", help="ask one question about images")
     p.add_argument("--model", required=True, help="run directory")
     p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
+    p.add_argument("--video", help="a video (animated GIF / WebP / PNG; mp4 and others with PyAV installed): its "
+                                   "frames are sampled evenly and sent as images after any --image")
+    p.add_argument("--frames", type=positive_int, default=8,
+                   help="frames to sample from --video (default 8; the quickstart model is trained on 3 to 5)")
     add_sampling_args(p, 64)
     p.add_argument("question", help="the question; '<image>\\n' per image is prepended when missing")
     p.set_defaults(func=ask)
@@ -102,6 +106,10 @@ def ask(args: argparse.Namespace) -> int:
     from .api import load
 
     images = [open_image(p) for p in args.image]
+    if args.video:  # a video is its frames, sent as images in time order
+        from ..data.video import read_frames
+
+        images += read_frames(args.video, args.frames)
     q = with_markers(args.question.replace("\\n", "\n"), len(images))
     vlm = load(args.model, device=args.device, weights=args.weights, encoder_weights=args.encoder_weights,
                adapter=args.adapter, compile=args.compile)

@@ -21,6 +21,8 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
 
+from ..data.video import frame_indices
+
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux; longer file:// paths are refused before touching the file system
 MAX_NAME_CHARS = 255  # NAME_MAX: one path component
@@ -41,6 +43,7 @@ class ImageLimits:
     max_side: int = 8192  # longest side in pixels, checked before decoding
     max_aspect: float = 20.0  # long side / short side: what the resize to the encoder's size multiplies
     max_images: int = 4  # per request
+    max_video_frames: int = 16  # frames of all videos of a request together
     local_dir: Path | None = None  # file:// URLs must point inside this folder; None refuses them all
     allow_remote: bool = False  # fetch http(s) URLs (the server then makes requests on a client's behalf)
     remote_timeout_s: float = 10.0  # the whole download, not only each read
@@ -80,6 +83,26 @@ def load_pixels(im: Image.Image) -> Image.Image:
         raise ImageError("image is too large to decode on this server", "image_too_large") from None
     except Exception as e:  # truncated or corrupt data: PIL raises many kinds, all mean "bad image"
         raise ImageError(f"image could not be decoded: {e}") from None
+
+
+def load_frames(im: Image.Image, n: int) -> list[Image.Image]:
+    """n frames, sampled evenly, of a checked animated image (GIF / WebP / PNG) -> RGB images in time order.
+    Frames are decoded one at a time and only the chosen ones kept."""
+    total = getattr(im, "n_frames", 1)
+    if total < 2:
+        raise ImageError("a video_url must be an animated image (GIF, WebP or PNG) of two frames or more; send a "
+                         "still image as image_url", "invalid_video")
+    chosen = frame_indices(total, n)
+    frames: dict[int, Image.Image] = {}
+    try:
+        for i in sorted(set(chosen)):
+            im.seek(i)
+            frames[i] = im.convert("RGB")
+    except MemoryError:
+        raise ImageError("video is too large to decode on this server", "image_too_large") from None
+    except Exception as e:  # truncated or corrupt data
+        raise ImageError(f"video could not be decoded: {e}", "invalid_video") from None
+    return [frames[i] for i in chosen]
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:

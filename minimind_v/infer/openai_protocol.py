@@ -5,8 +5,9 @@ Validation is done by hand rather than by a pydantic model so that every mistake
 `messages[0].content[1].image_url.url`), which is what OpenAI clients show their users.
 
 Content parts become our chat format: a user message's parts are joined with newlines and each `image_url`
-part becomes an `<image>` marker where it stands. A text that already places its own `<image>` markers must
-place exactly one per image part of that message.
+part becomes an `<image>` marker where it stands. A `video_url` part (an animated GIF / WebP / PNG, with an
+optional `"frames": N`, default 8) becomes N markers: its frames, sampled evenly, are N images in time order. A
+text that already places its own `<image>` markers must place exactly one per image (or frame) of that message.
 
 The body is untrusted: its nesting and size in values are measured before it is parsed (json_depth.py); the message
 count and the length of the text are bounded before anything is tokenised. Whatever the input — integers
@@ -62,7 +63,7 @@ class APIError(Exception):
 class ChatRequest:
     model: str
     messages: list[dict[str, str]]  # our format: string content with <image> markers
-    images: list[tuple[str, str]]  # (url, param path) in reading order
+    images: list[tuple[str, str, int]]  # (url, param path, frames: 0 for a still image) in reading order
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None
@@ -192,14 +193,14 @@ def _stop(stop: Any) -> list[str]:
     return [_text(s, "stop") for s in stops if s]
 
 
-def _messages(messages: Any, limits: RequestLimits) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
+def _messages(messages: Any, limits: RequestLimits) -> tuple[list[dict[str, str]], list[tuple[str, str, int]]]:
     if not isinstance(messages, list) or not messages:
         raise bad("messages must be a non-empty list", "messages", "invalid_type")
     if len(messages) > limits.max_messages:
         raise bad(f"{len(messages)} messages in one request; the limit is {limits.max_messages}", "messages",
                   "too_many_messages")
     turns: list[tuple[str, list[str]]] = []  # (role, texts): joined once at the end, so merging stays linear
-    images: list[tuple[str, str]] = []
+    images: list[tuple[str, str, int]] = []
     chars = 0
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
@@ -219,7 +220,30 @@ def _messages(messages: Any, limits: RequestLimits) -> tuple[list[dict[str, str]
     return [{"role": role, "content": "\n".join(texts)} for role, texts in turns], images
 
 
-def _content(content: Any, where: str, role: str, room: int) -> tuple[str, list[tuple[str, str]]]:
+DEFAULT_VIDEO_FRAMES = 8
+MAX_VIDEO_FRAMES = 16  # per video part
+
+
+def _media_url(part: dict, kind: str, p: str, role: str) -> str:
+    if role != "user":
+        raise bad(f"{p}: images and videos are only allowed in user messages", p)
+    ref = part.get(kind)
+    url = ref.get("url") if isinstance(ref, dict) else ref
+    if not isinstance(url, str) or not url:
+        raise bad(f"{p}.{kind}.url must be a string URL", f"{p}.{kind}.url", "invalid_type")
+    return _text(url, f"{p}.{kind}.url")
+
+
+def _video_frames(part: dict, p: str) -> int:
+    ref = part.get("video_url")
+    n = ref.get("frames", DEFAULT_VIDEO_FRAMES) if isinstance(ref, dict) else DEFAULT_VIDEO_FRAMES
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_VIDEO_FRAMES:
+        raise bad(f"{p}.video_url.frames must be a whole number from 1 to {MAX_VIDEO_FRAMES}, got {brief(n)}",
+                  f"{p}.video_url.frames", "invalid_value")
+    return n
+
+
+def _content(content: Any, where: str, role: str, room: int) -> tuple[str, list[tuple[str, str, int]]]:
     """One message's content as text with markers, and its image URLs; `room`: characters of text left."""
     if isinstance(content, str):
         parts: list[Any] = [{"type": "text", "text": content}]
@@ -228,7 +252,7 @@ def _content(content: Any, where: str, role: str, room: int) -> tuple[str, list[
     else:
         raise bad(f"{where} must be a string or a non-empty list of content parts", where, "invalid_type")
     texts: list[str | None] = []  # None stands where an image part is
-    urls: list[tuple[str, str]] = []
+    urls: list[tuple[str, str, int]] = []
     for j, part in enumerate(parts):
         p = f"{where}[{j}]" if isinstance(content, list) else where
         kind = part.get("type") if isinstance(part, dict) else None
@@ -241,20 +265,20 @@ def _content(content: Any, where: str, role: str, room: int) -> tuple[str, list[
                           "messages", "text_too_long")
             texts.append(_text(part["text"], f"{p}.text" if isinstance(content, list) else p))
         elif kind == "image_url":
-            if role != "user":
-                raise bad(f"{p}: images are only allowed in user messages", p)
-            ref = part.get("image_url")
-            url = ref.get("url") if isinstance(ref, dict) else ref
-            if not isinstance(url, str) or not url:
-                raise bad(f"{p}.image_url.url must be a string URL", f"{p}.image_url.url", "invalid_type")
-            urls.append((_text(url, f"{p}.image_url.url"), f"{p}.image_url.url"))
+            urls.append((_media_url(part, kind, p, role), f"{p}.image_url.url", 0))
             texts.append(None)
+        elif kind == "video_url":
+            frames = _video_frames(part, p)
+            urls.append((_media_url(part, kind, p, role), f"{p}.video_url.url", frames))
+            texts += [None] * frames
         else:
-            raise bad(f"{p} must be a content part of type 'text' or 'image_url'", f"{p}.type", "invalid_type")
+            raise bad(f"{p} must be a content part of type 'text', 'image_url' or 'video_url'", f"{p}.type",
+                      "invalid_type")
     written = sum(count_markers(t) for t in texts if t is not None)
-    if written and written != len(urls):
-        raise bad(f"{where} writes {written} {IMAGE_MARKER} markers but has {len(urls)} images; write one marker "
-                  f"per image or none at all", where, "image_marker_mismatch")
+    n_images = sum(t is None for t in texts)
+    if written and written != n_images:
+        raise bad(f"{where} writes {written} {IMAGE_MARKER} markers but has {n_images} images (a video's frames "
+                  f"count one each); write one marker per image or none at all", where, "image_marker_mismatch")
     if not written:  # the markers go where the image parts stand
         texts = [IMAGE_MARKER if t is None else t for t in texts]
     return "\n".join(t for t in texts if t is not None), urls
