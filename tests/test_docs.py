@@ -65,5 +65,7 @@ def test_site_builds_strict_with_generated_pages_figures_and_the_executed_notebo
     assert "answer_attention" in (site / "reference" / "api" / "index.html").read_text()
     notebook = (site / "notebook" / "tutorial" / "index.html").read_text()
     assert "pixels (1, 3, 48, 48)" in notebook  # an output the executed notebook printed
+    assert '"cell_type"' not in notebook and "<h2" in notebook  # rendered as a page, not shown as JSON
+    assert len(list((site / "notebook").glob("output_*.png"))) >= 4  # the figures it drew
     assert "两条命令" in (site / "zh" / "index.html").read_text()
     assert "快速开始" in (site / "zh" / "quickstart" / "index.html").read_text()

@@ -7,10 +7,8 @@ from pathlib import Path
 
 
 def plot_metrics(metrics_path: str | Path, out_png: str | Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot: no display needed, and a notebook's plotting backend is left alone.
+    from matplotlib.figure import Figure
 
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     val: dict[str, list[tuple[int, float]]] = defaultdict(list)  # validation losses, where the stage had them
@@ -22,7 +20,8 @@ def plot_metrics(metrics_path: str | Path, out_png: str | Path) -> Path | None:
             val[row.get("stage", "train")].append((row["step"], row["val_loss"]))
     if not series:
         return None
-    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3), squeeze=False)
+    fig = Figure(figsize=(4 * len(series), 3))
+    axes = fig.subplots(1, len(series), squeeze=False)
     for ax, (stage, pts) in zip(axes[0], series.items()):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label="train")
         if val[stage]:
@@ -35,5 +34,4 @@ def plot_metrics(metrics_path: str | Path, out_png: str | Path) -> Path | None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return Path(out_png)
