@@ -270,7 +270,7 @@ def test_training_mix_format(monkeypatch):
             for m in conv[::2]:
                 total += 1
                 canonical += any(re.fullmatch(p, m["content"].removeprefix(IMAGE)) for p in CANONICAL)
-    assert seen == {0, 1, 2} and set(splits) == {"train"}
+    assert seen == {0, 1, 2, 3, 4, 5} and set(splits) == {"train"}  # 3..5: the frames of a motion clip
     assert canonical / total > 0.6
     cap = make_sample(rng, kinds="caption")
     assert len(cap["images"]) == 1 and len(cap["conversations"]) == 2
@@ -316,7 +316,7 @@ def test_eval_items_held_out_balanced_and_deterministic():
         assert score(it["kind"], it["answer"], it["key"]) == 1.0
     assert len(kinds["digit"]) == 360 and all(len(v) == 8 for k, v in kinds.items() if k != "digit")
     assert set(kinds) == {"color", "shape", "count", "count_color", "exists", "position", "size", "caption",
-                          "compare_count", "which_has", "both_have", "digit", "absent"}
+                          "compare_count", "which_has", "both_have", "digit", "absent", "motion"}
     assert unseen == kinds | {"digit": unseen["digit"]} and len(unseen["digit"]) == 8  # same scenes, same keys
     for kind in ("exists", "both_have"):
         assert kinds[kind].count("yes") == kinds[kind].count("no") == 4
