@@ -151,3 +151,24 @@ def test_bench_measures_each_precisions_own_peak(tiny_run, capsys):
         # the report rounds the share to 4 decimals
         assert eff["share_of_peak"] == pytest.approx(eff["achieved_tflops"] / eff["peak_tflops"], rel=1e-2, abs=6e-5)
         assert f"train {dt}: " in printed.err and f"of the {dt} matmul peak" in printed.err
+
+
+def test_decoding_bandwidth_limit_counts_the_bytes_a_step_reads():
+    import torch
+
+    from minimind_v.config import VisionConfig, VLMConfig, llm_preset
+    from minimind_v.eval.decode_bench import bandwidth_limit, weight_bytes_per_token, with_weights
+    from minimind_v.model.vlm import MiniMindVLM
+
+    cfg = VLMConfig(llm=llm_preset("shapes-tiny"), vision=VisionConfig(kind="cnn", image_size=48, width=32, layers=1))
+    model = MiniMindVLM(cfg)
+    llm = model.llm
+    params = sum(p.numel() for p in llm.parameters())
+    tied = llm.lm_head.weight is llm.embed_tokens.weight
+    expected = params * 4 if tied else (params - llm.embed_tokens.weight.numel()) * 4
+    assert weight_bytes_per_token(model) == expected
+    assert expected // 2 <= weight_bytes_per_token(with_weights(model, "bf16")) < expected * 0.51  # norms stay fp32
+    assert weight_bytes_per_token(with_weights(model, "int8")) < expected // 3  # int8 rows + fp32 row scales
+    b = bandwidth_limit(model, torch.device("cpu"), tokens_per_s=100.0)
+    assert b["copy_gb_s"] > 0 and b["limit_tokens_per_s"] > 0
+    assert abs(b["share_of_limit"] - 100.0 / b["limit_tokens_per_s"]) < 2e-3

@@ -78,7 +78,7 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--decode-batch", type=int, default=8, help="the batched decoding figure's batch size")
-    p.add_argument("--weights", action="append", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--weights", action="append", choices=["fp32", "bf16", "fp16", "int8"],
                    help="decode: weight storage, repeatable (default fp32); bf16/fp16 keep activations fp32")
     p.add_argument("--encoder-weights", choices=["fp32", "bf16", "fp16", "int8"], default=None,
                    help="decode: the vision encoder's weight storage (default: as each --weights)")

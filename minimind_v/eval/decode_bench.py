@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,41 @@ def with_weights(model: MiniMindVLM, weights: str, encoder_weights: str | None =
     return low
 
 
+def weight_bytes_per_token(model: MiniMindVLM) -> int:
+    """Bytes of weights one decoding step at batch 1 reads: every LLM parameter in its storage dtype (int8 rows
+    and their scales, half or float), except the embedding table, of which a step reads one row (unless the
+    output head shares it, and then the head reads it whole)."""
+    llm = model.llm
+    embedding = getattr(llm.embed_tokens, "weight", None)
+    head = getattr(llm.lm_head, "weight", None)
+    skip = {id(embedding)} if embedding is not None and embedding is not head else set()
+    return sum(p.numel() * p.element_size() for p in llm.parameters() if id(p) not in skip)
+
+
+def copy_bandwidth_gb_s(device: torch.device, mb: int = 256, reps: int = 5) -> float:
+    """Memory bandwidth as a large copy sees it: bytes read + written per second, the best of `reps` copies."""
+    src = torch.ones(mb * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(reps + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / best / 1e9
+
+
+def bandwidth_limit(model: MiniMindVLM, device: torch.device, tokens_per_s: float) -> dict[str, float]:
+    """Decoding at batch 1 against the memory-bandwidth limit: a step must at least read every weight once, so
+    no step beats weight bytes / bandwidth (activations and the KV cache are left out: the limit is generous)."""
+    weights = weight_bytes_per_token(model)
+    bandwidth = copy_bandwidth_gb_s(device)
+    limit = bandwidth * 1e9 / weights
+    return {"weights_mb_per_token": round(weights / 2**20, 2), "copy_gb_s": round(bandwidth, 1),
+            "limit_tokens_per_s": round(limit, 1), "share_of_limit": round(tokens_per_s / limit, 3)}
+
+
 def bench_decode(model: MiniMindVLM, tokenizer: Any, *, device: torch.device, dtype: str, new_tokens: int,
                  batch_sizes: list[int], repeats: int, image_size: int) -> dict[str, Any]:
     """Greedy decoding of `new_tokens` tokens (no early stop) for one image + question, per batch size."""
@@ -73,6 +109,8 @@ def bench_decode(model: MiniMindVLM, tokenizer: Any, *, device: torch.device, dt
                 ttft.append(t1 - t0)
                 rate.append(b * (n - 1) / (t2 - t1))
         out[f"batch{b}"] = {"time_to_first_token_s": summary(ttft, 4), "decode_tokens_per_s": summary(rate, 1)}
+        if b == 1:
+            out["batch1"]["bandwidth"] = bandwidth_limit(model, device, statistics.median(rate))
     return out
 
 
