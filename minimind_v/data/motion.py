@@ -25,6 +25,7 @@ TRAIN_WORDINGS = ("In which direction does the {obj} move?", "Where is the {obj}
                   "Tell me which way the {obj} moves.", "Does the {obj} move left, right, up or down?")
 HELD_OUT_WORDINGS = ("Can you say in which direction the {obj} travels?", "what direction does the {obj} go")
 ANSWERS = ("It moves {d}.", "The {obj} moves {d}.", "{D}.", "It is moving {d}.")
+TRAIN_FRAMES = (3, 5)  # frames per training clip: a range, so the model does not learn one clip length only
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,3 @@ def motion_question(clip: Clip, rng: random.Random | None = None, wording: str =
 def motion_answer(clip: Clip, rng: random.Random | None = None) -> str:
     template = ANSWERS[0] if rng is None else rng.choice(ANSWERS)
     return template.format(d=clip.direction, D=clip.direction.capitalize(), obj=clip.name)
-
-
-# Frames per training clip: a range, so the model does not learn one clip length only.
-TRAIN_FRAMES = (3, 5)

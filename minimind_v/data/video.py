@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 MAX_FRAMES = 64  # a model reads every frame as a whole image: more than this is a mistake, not a request
 
@@ -21,14 +21,14 @@ def frame_indices(total: int, n: int) -> list[int]:
     return [min(total - 1, int((i + 0.5) * total / n)) for i in range(n)]
 
 
-def _check_count(n_frames: int) -> None:
-    if not 1 <= n_frames <= MAX_FRAMES:
-        raise ValueError(f"frames must be between 1 and {MAX_FRAMES}, got {n_frames}")
-
-
-def _pillow_frames(im: Image.Image, n_frames: int) -> list[Image.Image]:
+def animation_frames(im: Image.Image, n_frames: int) -> list[Image.Image]:
+    """n frames, sampled evenly, of an opened animated image -> RGB images in time order. Only the chosen frames
+    are decoded and kept (the server's video_url path calls this on a size-checked image)."""
     chosen = frame_indices(getattr(im, "n_frames", 1), n_frames)
-    kept = {i: frame.convert("RGB") for i, frame in enumerate(ImageSequence.Iterator(im)) if i in set(chosen)}
+    kept: dict[int, Image.Image] = {}
+    for i in sorted(set(chosen)):
+        im.seek(i)
+        kept[i] = im.convert("RGB")
     return [kept[i] for i in chosen]
 
 
@@ -64,8 +64,9 @@ def _pyav_frames(data: io.BytesIO, n_frames: int, name: str) -> list[Image.Image
 
 
 def read_frames(source: str | Path | bytes, n_frames: int = 8, name: str | None = None) -> list[Image.Image]:
-    """A video file's path or bytes -> n_frames RGB images (fewer when the clip is shorter), in time order."""
-    _check_count(n_frames)
+    """A video file's path or bytes -> n_frames RGB images in time order (a shorter clip repeats frames)."""
+    if not 1 <= n_frames <= MAX_FRAMES:
+        raise ValueError(f"frames must be between 1 and {MAX_FRAMES}, got {n_frames}")
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -79,7 +80,7 @@ def read_frames(source: str | Path | bytes, n_frames: int = 8, name: str | None 
         return _pyav_frames(io.BytesIO(data), n_frames, name)
     if getattr(im, "n_frames", 1) < 2:
         raise ValueError(f"{name} is a still image, not a video: send it as an image")
-    return _pillow_frames(im, n_frames)
+    return animation_frames(im, n_frames)
 
 
 def save_gif(frames: list[Image.Image], path: str | Path, ms_per_frame: int = 250) -> Path:

@@ -62,7 +62,7 @@ def answer_attention(chat: VLMChat, image: Image.Image, question: str, prefix: s
     hooks = [block.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args))
              for block in model.llm.layers]
     try:
-        out = model(torch.tensor([ids], device=chat.device), chat._pixels([image]), logits_to_keep=1)
+        out = model(torch.tensor([ids], device=chat.device), chat.preprocess([image]).to(chat.device), logits_to_keep=1)
     finally:
         for h in hooks:
             h.remove()

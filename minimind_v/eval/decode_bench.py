@@ -11,6 +11,7 @@ Measuring inside the benchmark process instead would count the training benchmar
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import random
@@ -59,8 +60,10 @@ def weight_bytes_per_token(model: MiniMindVLM) -> int:
     return sum(p.numel() * p.element_size() for p in llm.parameters() if id(p) not in skip)
 
 
+@functools.lru_cache(maxsize=None)
 def copy_bandwidth_gb_s(device: torch.device, mb: int = 256, reps: int = 5) -> float:
-    """Memory bandwidth as a large copy sees it: bytes read + written per second, the best of `reps` copies."""
+    """Memory bandwidth as a large copy sees it: bytes read + written per second, the best of `reps` copies.
+    Measured once per device and process, so every weight storage of one run is held to the same limit."""
     src = torch.ones(mb * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     best = float("inf")

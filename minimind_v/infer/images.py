@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
 
-from ..data.video import frame_indices
+from ..data.video import animation_frames
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux; longer file:// paths are refused before touching the file system
@@ -86,23 +86,17 @@ def load_pixels(im: Image.Image) -> Image.Image:
 
 
 def load_frames(im: Image.Image, n: int) -> list[Image.Image]:
-    """n frames, sampled evenly, of a checked animated image (GIF / WebP / PNG) -> RGB images in time order.
-    Frames are decoded one at a time and only the chosen ones kept."""
-    total = getattr(im, "n_frames", 1)
-    if total < 2:
+    """n frames, sampled evenly, of a checked animated image (GIF / WebP / PNG) -> RGB images in time order;
+    what goes wrong is an ImageError (a 4xx for the server)."""
+    if getattr(im, "n_frames", 1) < 2:
         raise ImageError("a video_url must be an animated image (GIF, WebP or PNG) of two frames or more; send a "
                          "still image as image_url", "invalid_video")
-    chosen = frame_indices(total, n)
-    frames: dict[int, Image.Image] = {}
     try:
-        for i in sorted(set(chosen)):
-            im.seek(i)
-            frames[i] = im.convert("RGB")
+        return animation_frames(im, n)
     except MemoryError:
         raise ImageError("video is too large to decode on this server", "image_too_large") from None
     except Exception as e:  # truncated or corrupt data
         raise ImageError(f"video could not be decoded: {e}", "invalid_video") from None
-    return [frames[i] for i in chosen]
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
