@@ -10,11 +10,13 @@ the scene's objects).
     python benchmarks/binding_bed.py --run runs/quickstart --images-last ...   # each question before its image
 
 --images-last puts the image after the question's words, so that the image tokens can attend to the question
-(causal attention lets a token read only what came before it).
+(causal attention lets a token read only what came before it). --attention turn keeps the image first and lets
+the tokens of its turn see each other instead (config.VLMConfig.attention).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import random
 import subprocess
@@ -26,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from minimind_v.data.batches import PackCollate
 from minimind_v.data.chatmix import EVAL_STYLE, make_sample
 from minimind_v.data.encode import SampleEncoder
+from minimind_v.data.tokenizer import turn_start_id
 from minimind_v.data.world import eval_seed, render, sample_scene, train_seed
 from minimind_v.data.world_vocab import COLORS
 from minimind_v.infer.api import VLMChat
@@ -96,12 +99,14 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kinds", default="color", help='"color" (the one question) or a part of the SFT mix')
     p.add_argument("--images-last", action="store_true", help="each user turn's images after its words")
+    p.add_argument("--attention", default="causal", choices=["causal", "turn"], help="the fresh model's attention")
     a = p.parse_args()
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if platform.system() == "Linux" else ""
     print(next((line for line in cpu.splitlines() if line.startswith("Model name")), platform.processor()))
     torch.manual_seed(0)
     base, tok = load_run(a.run)
-    model = MiniMindVLM(base.cfg, vision=base.vision)  # fresh projector + LLM, the run's encoder
+    cfg = dataclasses.replace(base.cfg, attention=a.attention, turn_start_id=turn_start_id(tok))
+    model = MiniMindVLM(cfg, vision=base.vision)  # fresh projector + LLM, the run's encoder
     apply_freeze(model, freeze_llm=0, train_vision=False)
     encode = SampleEncoder(tok, model.vision.preprocess, model.tokens_per_image, max_len=256)
     done = 0
@@ -113,7 +118,7 @@ def main() -> None:
               device=torch.device("cpu"))
         done = at
         score = accuracy(model, tok, a.images_last)
-        print(f"kinds={a.kinds} images_last={a.images_last} step={at} colour-by-shape={score:.3f} "
+        print(f"kinds={a.kinds} images_last={a.images_last} attention={a.attention} step={at} colour-by-shape={score:.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
 
 

@@ -125,6 +125,9 @@ class VisionConfig:
         return self.kind in ("scratch", "cnn")
 
 
+ATTENTION_KINDS = ("causal", "turn")
+
+
 @dataclass
 class VLMConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -133,6 +136,17 @@ class VLMConfig:
     image_token: str = IMAGE_TOKEN  # the placeholder repeated once per image feature
     image_token_id: int = 3  # its id in the tokenizer (ours: 3; MiniMind2-V: 34 for '@'; minimind-3v: 12)
     image_marker: str = IMAGE_MARKER  # what users write in a prompt, one per image
+    # Who sees whom. "causal": every token sees only earlier ones (MiniMind-V). "turn": the tokens of a user turn
+    # that holds images also see each other, so an image's tokens can read the question written after them (a
+    # prefix-LM, as PaliGemma does); the answers stay causal. The model finds turns by turn_start_id.
+    attention: str = "causal"
+    turn_start_id: int = -1  # the token that opens every chat turn (<|im_start|>); "turn" attention needs it
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.attention == "turn" and self.turn_start_id < 0:
+            raise ValueError('attention="turn" needs turn_start_id, the id of the token that opens a chat turn')
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from minimind_v.config import LLMConfig, VisionConfig, VLMConfig, llm_preset, padded_vocab
 from minimind_v.data.synthetic import WORDS
-from minimind_v.data.tokenizer import train_tokenizer
+from minimind_v.data.tokenizer import train_tokenizer, turn_start_id
 from minimind_v.model.checkpoint import save_llm_run, save_run
 from minimind_v.model.llm import MiniMindLM
 from minimind_v.model.vlm import MiniMindVLM
@@ -58,14 +58,17 @@ def shared_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def build_tiny_run(out: Path, seed: int = 0) -> Path:
+def build_tiny_run(out: Path, seed: int = 0, attention: str = "turn") -> Path:
+    """A tiny random VLM run; "turn" attention by default, as the quickstart trains (test_turn_attention.py
+    covers the difference to causal)."""
     torch.manual_seed(seed)
     tok = train_tokenizer(TEXTS, vocab_size=300)
     cfg = VLMConfig(llm=LLMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=320,
                                   max_seq_len=256),
                     vision=VisionConfig(kind="scratch", image_size=32, patch_size=8, width=16, layers=1, heads=2,
                                         merge=2),
-                    image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"))
+                    image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"), attention=attention,
+                    turn_start_id=turn_start_id(tok))
     model = MiniMindVLM(cfg).eval()
     return save_run(model, tok, out)
 

@@ -79,6 +79,14 @@ def train_tokenizer(
     return tok
 
 
+def turn_start_id(tok: PreTrainedTokenizerFast) -> int:
+    """The id of the token that opens every chat turn (`<|im_start|>`), which "turn" attention counts turns by."""
+    tid = tok.convert_tokens_to_ids(BOS_TOKEN)
+    if tid is None or tid == tok.unk_token_id:
+        raise ValueError(f"the tokenizer has no {BOS_TOKEN} token to find chat turns by; use --attention causal")
+    return int(tid)
+
+
 def save_tokenizer(tok: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
     """Write the tokenizer directory, with the chat template inside tokenizer_config.json.
 

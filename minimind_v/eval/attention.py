@@ -31,8 +31,10 @@ class AnswerAttention:
         return self.per_layer[layer].reshape(g, g)
 
 
-def attention_weights(attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """[B, T, dim] input of one attention module -> its causal attention weights [B, heads, T, T]."""
+def attention_weights(attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T, dim] input of one attention module -> its attention weights [B, heads, T, T], under `mask` (bool
+    [B, 1, T, T], the decoder's own) or else the causal mask."""
     B, T, _ = x.shape
     q = attn.q_proj(x).view(B, T, attn.n_heads, attn.head_dim)
     k = attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim)
@@ -41,8 +43,9 @@ def attention_weights(attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: 
     q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)
     k = k.repeat_interleave(attn.n_heads // attn.n_kv_heads, dim=1)  # query head h reads kv head h // n_rep
     scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(attn.head_dim)
-    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+    if mask is None:
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1)
 
 
 @torch.no_grad()
@@ -68,8 +71,8 @@ def answer_attention(chat: VLMChat, image: Image.Image, question: str, prefix: s
             h.remove()
     image_positions = [i for i, t in enumerate(ids) if t == model.cfg.image_token_id]
     rows = []
-    for block, (x, cos, sin, *_rest) in zip(model.llm.layers, inputs):
-        rows.append(attention_weights(block.attn, x, cos, sin)[0, :, -1].mean(0))  # the last position, heads averaged
+    for block, (x, cos, sin, mask, *_rest) in zip(model.llm.layers, inputs):
+        rows.append(attention_weights(block.attn, x, cos, sin, mask)[0, :, -1].mean(0))  # the last position, heads averaged
     per_layer = torch.stack(rows).cpu()[:, image_positions]
     return AnswerAttention(answer=answer, query_token=tok.decode([ids[-1]]),
                            predicted=tok.decode([int(out.logits[0, -1].argmax())]),

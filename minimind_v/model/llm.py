@@ -7,6 +7,8 @@
 Attention runs through `scaled_dot_product_attention`. One forward handles every batch layout the trainer
 and the generator need: plain causal, padded (left or right, `attention_mask`), packed (`doc_ids`: tokens see
 only earlier tokens of their own document, positions restart per document) and cached decoding (`cache`).
+`blocks` opens the causal mask where a model wants it: a token may also read the *later* tokens of its block
+that carry the block's positive id (the VLM's "turn" attention, vlm.py).
 """
 from __future__ import annotations
 
@@ -146,8 +148,12 @@ def default_positions(B: int, T: int, start: int, attention_mask: Tensor | None,
 
 
 def attention_plan(T: int, start: int, attention_mask: Tensor | None, doc_ids: Tensor | None,
-                   device: torch.device, pad_outputs_unused: bool = False) -> tuple[Tensor | None, bool]:
+                   device: torch.device, pad_outputs_unused: bool = False,
+                   blocks: Tensor | None = None) -> tuple[Tensor | None, bool]:
     """(mask, is_causal) for SDPA. mask is bool [B, 1, T, start+T], True where a query may attend a key.
+
+    `blocks` [B, T] (ids of the new tokens; 0 = none): a token of block k (id k or -k) may also read the later
+    tokens of its document whose id is +k; a token with id -k is read by no earlier one.
 
     `pad_outputs_unused` (training: pad positions carry no label) lets right padding go without a mask: under
     the causal mask no real token can see a pad that comes after it, and only the pads' own outputs change.
@@ -160,7 +166,9 @@ def attention_plan(T: int, start: int, attention_mask: Tensor | None, doc_ids: T
         elif pad_outputs_unused and start == 0 and doc_ids is None and \
                 bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):
             attention_mask = None  # right padding only, and nobody reads the pads' outputs
-    if attention_mask is None and doc_ids is None:
+    if blocks is not None and not bool(blocks.any()):
+        blocks = None
+    if attention_mask is None and doc_ids is None and blocks is None:
         if start == 0:
             return None, T > 1  # plain causal prefill / training: no mask tensor at all
         if T == 1:
@@ -170,6 +178,9 @@ def attention_plan(T: int, start: int, attention_mask: Tensor | None, doc_ids: T
     q_pos = torch.arange(start, S, device=device)[:, None]
     k_pos = torch.arange(S, device=device)[None, :]
     allowed = (k_pos <= q_pos)[None]
+    if blocks is not None:
+        k_blocks = F.pad(blocks, (start, 0))  # cached keys belong to no block of this chunk
+        allowed = allowed | ((blocks.abs()[:, :, None] == k_blocks[:, None, :]) & (k_blocks[:, None, :] > 0))
     if attention_mask is not None:
         allowed = allowed & attention_mask.bool()[:, None, :]
     if doc_ids is not None:
@@ -219,7 +230,7 @@ class MiniMindLM(nn.Module):
 
     def forward(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
                 attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
-                doc_ids: Tensor | None = None, cache: KVCache | None = None,
+                doc_ids: Tensor | None = None, cache: KVCache | None = None, blocks: Tensor | None = None,
                 logits_to_keep: int | Tensor = 0) -> LMOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids [B, T] or inputs_embeds [B, T, dim]")
@@ -236,13 +247,15 @@ class MiniMindLM(nn.Module):
                      "1 for real tokens, 0 for padding; with a cache it covers cached + new positions")
         _check_shape("position_ids", position_ids, (B, T), "one position per input token")
         _check_shape("doc_ids", doc_ids, (B, T), "one document id per input token")
+        _check_shape("blocks", blocks, (B, T), "one block id per input token, 0 for none")
         if doc_ids is not None and start > 0:
             raise ValueError("doc_ids (packing) cannot be combined with a filled KV cache")
 
         if position_ids is None:
             position_ids = default_positions(B, T, start, attention_mask, doc_ids, x.device)
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
-        mask, causal = attention_plan(T, start, attention_mask, doc_ids, x.device, pad_outputs_unused=self.training)
+        mask, causal = attention_plan(T, start, attention_mask, doc_ids, x.device, pad_outputs_unused=self.training,
+                                      blocks=blocks)
 
         x = self.dropout(x)
         aux_loss = torch.zeros((), device=x.device)

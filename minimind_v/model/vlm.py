@@ -4,6 +4,12 @@ This is the whole change to the plain LLM. A prompt holds `tokens_per_image` pla
 images of a batch arrive flattened in reading order (row 0's images, then row 1's, ...). One boolean mask and one
 `masked_scatter` put every image feature in its place: no Python loop over tokens or images, any number of
 images per sample, any batch size.
+
+With `attention="turn"` one more thing changes: in a user turn that holds images, every token may also read the
+turn's words that come after it, so an image's tokens can already look for what the question asks about. A
+decoder that reads the image first and the question second must otherwise find the asked-about object from the
+answer's side alone, a search a small model learns slowly. Images never read later images (which one came first
+is what "the first image" means), and answers stay causal.
 """
 from __future__ import annotations
 
@@ -74,4 +80,18 @@ class MiniMindVLM(nn.Module):
             n_slots = int((input_ids == self.cfg.image_token_id).sum())
             if n_slots:
                 raise PlaceholderMismatch(f"the prompt has {n_slots} image placeholder tokens but no image")
+        if self.cfg.attention == "turn":
+            llm_kwargs["blocks"] = image_turns(input_ids, self.cfg.turn_start_id, self.cfg.image_token_id)
         return self.llm(inputs_embeds=embeds, **llm_kwargs)
+
+
+def image_turns(input_ids: torch.Tensor, turn_start_id: int, image_token_id: int) -> torch.Tensor:
+    """[B, T] block ids for the LLM's mask (llm.attention_plan): the k-th turn of a row (counted by its opening
+    token) is block k when it holds an image token, else 0; in it, words get +k (later tokens are readable) and
+    image tokens -k. Tokens before a row's first turn opener belong to no block."""
+    turn = (input_ids == turn_start_id).long().cumsum(dim=1)
+    is_image = input_ids == image_token_id
+    has_image = torch.zeros(input_ids.shape[0], input_ids.shape[1] + 1, dtype=torch.long, device=input_ids.device)
+    has_image.scatter_reduce_(1, turn, is_image.long(), reduce="amax")
+    block = torch.where((has_image.gather(1, turn) > 0) & (turn > 0), turn, 0)
+    return torch.where(is_image, -block, block)
