@@ -23,7 +23,7 @@ import torch
 from minimind_v.allocator import ENV
 from minimind_v.data.tokenizer import train_tokenizer
 from minimind_v.device import machine
-from minimind_v.eval.bench import build_model
+from minimind_v.eval.bench_data import build_model
 from minimind_v.eval.decode_bench import inference_rss
 from minimind_v.model.checkpoint import save_run
 from minimind_v.quickstart import corpus

@@ -88,7 +88,7 @@ def our_side(a: argparse.Namespace):
     from minimind_v.data.formats import SampleReader
     from minimind_v.data.batches import PadCollate
     from minimind_v.data.tokenizer import train_tokenizer
-    from minimind_v.eval.bench import CutEncoder, EncodedRows, build_model
+    from minimind_v.eval.bench_data import CutEncoder, EncodedRows, build_model
     from minimind_v.eval.decode_bench import with_weights
     from minimind_v.infer.generate import GenerationConfig, compile_decoding, generate_stream
     from minimind_v.train.loader import EpochLoader

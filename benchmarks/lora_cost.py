@@ -24,7 +24,7 @@ def child(preset: str, rank: int, steps: int, batch: int, threads: int) -> None:
     from minimind_v.data.encode import SampleEncoder
     from minimind_v.data.synthetic import synthetic_rows
     from minimind_v.data.tokenizer import train_tokenizer
-    from minimind_v.eval.bench import build_model
+    from minimind_v.eval.bench_data import build_model
     from minimind_v.eval.memory import PeakMemory
     from minimind_v.model.lora import LoraConfig, apply_lora
     from minimind_v.quickstart import corpus

@@ -11,7 +11,8 @@ from PIL import Image
 from minimind_v.cli import main
 from minimind_v.data.batches import PadCollate
 from minimind_v.data.tokenizer import train_tokenizer
-from minimind_v.eval.bench import CutEncoder, build_model, flops_per_step, summary, synthetic_samples
+from minimind_v.eval.bench_data import CutEncoder, build_model, synthetic_samples
+from minimind_v.eval.flops import flops_per_step, summary
 from minimind_v.eval.memory import PeakMemory
 from minimind_v.train.trainer import lm_loss
 
@@ -172,3 +173,49 @@ def test_decoding_bandwidth_limit_counts_the_bytes_a_step_reads():
     b = bandwidth_limit(model, torch.device("cpu"), tokens_per_s=100.0)
     assert b["copy_gb_s"] > 0 and b["limit_tokens_per_s"] > 0
     assert abs(b["share_of_limit"] - 100.0 / b["limit_tokens_per_s"]) < 2e-3
+
+
+def test_bench_tokenises_with_the_tokenizer_it_is_given(tmp_path, capsys):
+    from minimind_v.data.chat import encode_conversation
+    from minimind_v.data.tokenizer import load_tokenizer, save_tokenizer
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), "blue").save(buf, format="JPEG")
+    convs = [[{"role": "user", "content": "<image>\nDescribe."}, {"role": "assistant", "content": "blue " * n}]
+             for n in (3, 9, 5, 7)]
+    data = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"conversations": [json.dumps(c) for c in convs], "image_bytes": [buf.getvalue()] * 4}),
+                   data)
+    # trained on other text, with next to no merges: far more tokens per sample than one trained on the rows;
+    # its image placeholder is a token of its own, at an id other than ours
+    tok = train_tokenizer(["unrelated words about rivers and roads"], vocab_size=280)
+    tok.add_tokens(["<img>"], special_tokens=True)
+    save_tokenizer(tok, tmp_path / "tok")
+    args = ["bench", *TINY, "--data", str(data), "--only", "train", "--max-len", "400"]
+    assert main([*args, "--tokenizer", str(tmp_path / "tok"), "--image-token", "<img>"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    used = res["tokenizer"]
+    assert used["source"] == str((tmp_path / "tok").resolve()) and used["size"] == len(tok)
+    assert used["image_token"] == "<img>" and used["image_token_id"] == tok.convert_tokens_to_ids("<img>") != 3
+    loaded = load_tokenizer(tmp_path / "tok")
+    lengths = [len(encode_conversation(loaded, c, tokens_per_image=used["tokens_per_image"], image_token="<img>")[0])
+               for c in convs]
+    assert res["data"]["real_tokens_per_sample"]["mean"] == pytest.approx(sum(lengths) / 4, abs=0.05)
+    assert res["data"]["longest_uncut"] == max(lengths) and res["data"]["cut_at_max_len"] == 0
+    # file order, batches of 2, one warm-up batch: the two timed steps read the last two samples and the first two
+    assert res["train"]["fp32"]["real_tokens_per_sample"] == pytest.approx(sum(lengths) / 4, abs=0.05)
+
+    assert main(args) == 0  # without --tokenizer: one trained on the rows themselves, a token per word or so
+    own = json.loads(capsys.readouterr().out)
+    assert own["tokenizer"]["source"].startswith("trained on the benchmark rows")
+    assert own["data"]["real_tokens_per_sample"]["mean"] < res["data"]["real_tokens_per_sample"]["mean"] - 10
+
+
+def test_bench_refuses_a_placeholder_its_tokenizer_lacks(tmp_path, capsys):
+    from minimind_v.data.tokenizer import save_tokenizer
+
+    save_tokenizer(train_tokenizer(["some other text"], vocab_size=280), tmp_path / "tok")
+    assert main(["bench", *TINY, "--tokenizer", str(tmp_path / "tok"), "--image-token", "<img>"]) == 2
+    assert "<img>" in capsys.readouterr().err
+    assert main(["bench", *TINY, "--image-token", "<img>"]) == 2  # the tokenizer trained on the rows has ours
+    assert "--image-token" in capsys.readouterr().err

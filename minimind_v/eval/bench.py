@@ -11,38 +11,40 @@ understated) over real (non-padding) tokens: compute spent on padding is waste a
 `mfu` divides by the whole step; `mfu_model` leaves the data phase out (in training, DataLoader workers overlap it).
 `efficiency` puts both beside the peak of the precision each dtype trained in (fp32's for fp32, bf16's for
 bf16), and the command prints them in words on stderr.
+
+Token counts depend on the tokenizer, so the JSON says which one was used (`tokenizer`) and how many real tokens
+a sample holds (`data`, and `real_tokens_per_sample` per dtype trained). Without `--tokenizer` a fresh model gets
+one trained on the benchmark rows themselves, which spends about one token per word: fewer tokens per sample than
+a general tokenizer, so a comparison with another trainer should pass that trainer's tokenizer (`--tokenizer DIR`).
+`--dtype auto` is the trainer's default: the precision the probe of device.choose_dtype picks for the model's shapes.
 """
 from __future__ import annotations
 
-import json
 import platform
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
-from ..config import VisionConfig, VLMConfig, llm_preset
+from ..config import IMAGE_TOKEN
 from ..data.batches import PackCollate, PadCollate
 from ..data.chat import encode_conversation
-from ..data.encode import SampleEncoder
-from ..data.synthetic import random_image
-from ..device import autocast, pick_device, sync
+from ..data.tokenizer import CHAT_TEMPLATE
+from ..device import autocast, pick_device, resolve_dtype, sync
 from ..infer.generate import compile_decoding
 from ..model.vlm import MiniMindVLM
 from ..train.freeze import apply_freeze
 from ..train.loader import EpochLoader
 from ..train.optim import make_optimizer
 from ..train.trainer import TrainConfig, lm_loss, to_device
+from .bench_data import CutEncoder, EncodedRows, build_model, record, synthetic_samples, tokenizer_for
 from .decode_bench import bench_decode, inference_rss_of, weights_label, with_weights
 from .flops import device_name, flops_per_step, matmul_peak_tflops, summary
 from .memory import PeakMemory
 
-WORDS = ("the a red blue green small large round square cat dog car tree house sky cloud sun river road bird "
-         "flower picture shows there is an with on in of and near under over bright dark shape left right").split()
-
+STAT_ROWS = 2000  # rows whose token counts are reported (all of them when grouping needs every length)
 
 @dataclass
 class BenchOptions:
@@ -62,6 +64,8 @@ class BenchOptions:
     fused_adamw: bool = False
     freeze_llm: int = 0
     dtype: list[str] | None = None  # default fp32, plus bf16 when the device runs bf16 matmuls at full speed
+    tokenizer: str | None = None  # a tokenizer folder for a fresh model (default: one trained on the rows)
+    image_token: str | None = None  # the image placeholder in that tokenizer (default <|image_pad|>)
     device: str = "cpu"
     threads: int | None = None
     warmup: int = 1
@@ -76,65 +80,6 @@ class BenchOptions:
     only: str = "train,decode"
     seed: int = 0
     out: str | None = None  # also write the JSON here
-
-
-# ------------------------------------------------------------------------------------------------------------
-# What is measured on: a model and a stream of samples.
-
-
-def build_model(preset: str, vision: str, projector: str, max_len: int, seed: int = 0) -> MiniMindVLM:
-    """A fresh model: the preset's decoder and either the embedded encoder or a local pretrained one."""
-    llm = llm_preset(preset)
-    llm = llm_preset(preset, max_seq_len=max(llm.max_seq_len, max_len))
-    if vision == "scratch":
-        vcfg = VisionConfig()
-    else:
-        cfg_file = Path(vision) / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"--vision {vision!r} is neither 'scratch' nor an encoder folder with config.json")
-        kind = "siglip" if json.loads(cfg_file.read_text()).get("model_type", "").startswith("siglip") else "clip"
-        vcfg = VisionConfig(kind=kind, path=str(vision))
-    torch.manual_seed(seed)
-    return MiniMindVLM(VLMConfig(llm=llm, vision=vcfg, projector=projector))
-
-
-def synthetic_samples(n: int, words: tuple[int, int], image_size: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Describe-the-picture conversations on random shapes, answers of words[0]..words[1] words."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        im = random_image(rng, image_size, n_shapes=(2, 6))
-        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) + "."
-        out.append({"conversations": [{"role": "user", "content": "<image>\nDescribe this image."},
-                                      {"role": "assistant", "content": answer}], "images": [im]})
-    return out
-
-
-class CutEncoder(SampleEncoder):
-    """SampleEncoder that cuts a too-long conversation at max_len (as the reference does) instead of refusing it.
-
-    Only benchmarks use this: cutting is safe here because the image run comes first in every sample."""
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, torch.Tensor]:
-        ids, labels = encode_conversation(self.tokenizer, sample["conversations"],
-                                          tokens_per_image=self.tokens_per_image, image_token=self.image_token)
-        out = {"input_ids": torch.tensor(ids[:self.max_len]), "labels": torch.tensor(labels[:self.max_len])}
-        if sample.get("images"):
-            out["pixel_values"] = self.preprocess(sample["images"])
-        return out
-
-
-class EncodedRows(torch.utils.data.Dataset):
-    """rows[i] through the encoder: what the trainer's RowDataset does, minus its skipping of broken rows."""
-
-    def __init__(self, rows: Any, encode: Callable[[dict[str, Any]], dict[str, torch.Tensor]]):
-        self.rows, self.encode = rows, encode
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.encode(self.rows[int(i)])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -205,6 +150,8 @@ def bench_train(model: MiniMindVLM, batches: Iterator[dict[str, Any]], *, device
         out["mfu"] = summary([t / peak_tflops for t in per_repeat["achieved_tflops"]])
         out["mfu_model"] = summary([t / peak_tflops for t in per_repeat["achieved_tflops_model"]])
     out["samples_per_min"] = summary([60 * s for s in per_repeat["samples_per_s"]], 2)
+    timed = [r for g in groups for r in g]
+    out["real_tokens_per_sample"] = round(sum(r["tokens"] for r in timed) / sum(r["samples"] for r in timed), 1)
     out["optimizer"] = "AdamW" + (" fused" if opt.defaults.get("fused") else "")
     out["batch_shapes"] = shapes
     out["last_loss"] = round(groups[-1][-1]["loss"], 4)
@@ -213,17 +160,6 @@ def bench_train(model: MiniMindVLM, batches: Iterator[dict[str, Any]], *, device
 
 # ------------------------------------------------------------------------------------------------------------
 # Putting it together.
-
-
-def _tokenizer_for(rows: Any, n: int, vocab_size: int) -> Any:
-    from ..data.tokenizer import train_tokenizer
-
-    texts = [m["content"] for i in range(min(n, len(rows))) for m in _record(rows, i)["conversations"]]
-    return train_tokenizer(texts, vocab_size=vocab_size)
-
-
-def _record(rows: Any, i: int) -> dict[str, Any]:
-    return rows.record(i) if hasattr(rows, "record") else rows[i]
 
 
 def run_benchmarks(o: BenchOptions) -> dict[str, Any]:
@@ -235,23 +171,60 @@ def run_benchmarks(o: BenchOptions) -> dict[str, Any]:
     if not sections or sections - {"train", "decode"}:
         raise ValueError(f"--only takes a comma list of train, decode; got {o.only!r}")
     mem = PeakMemory(device)
-    if o.model:
-        from ..model.checkpoint import load_run
-
-        model, tok = load_run(o.model, "cpu")
-    else:
-        model, tok = build_model(o.preset, o.vision, o.projector, o.max_len, o.seed), None
+    model, tok, source = _model_and_tokenizer(o)
     loaded = mem.read()
-    peaks = {dt: (o.peak_tflops or matmul_peak_tflops(device, dt)) for dt in (o.dtype or ["fp32", "bf16"])
+    choice = None
+    if o.dtype and "auto" in o.dtype:  # the trainer's default, probed for this model's shapes
+        llm = model.cfg.llm
+        choice = resolve_dtype("auto", device, llm.dim, llm.ffn_dim or llm.moe_ffn_dim)
+    asked = list(dict.fromkeys(choice.dtype if d == "auto" else d for d in o.dtype)) if o.dtype else None
+    peaks = {dt: (o.peak_tflops or matmul_peak_tflops(device, dt)) for dt in (asked or ["fp32", "bf16"])
              if dt != "fp16" or device.type == "cuda"}
-    dtypes = o.dtype or ["fp32"] + (["bf16"] if peaks.get("bf16", 0) >= 0.5 * peaks["fp32"] else [])
+    dtypes = asked or ["fp32"] + (["bf16"] if peaks.get("bf16", 0) >= 0.5 * peaks["fp32"] else [])
     res = _header(o, device, model, peaks, dtypes, loaded)
+    if choice is not None:
+        res["dtype_auto"] = {**asdict(choice), "weights": choice.weights}
     if "train" in sections:
         tok = _bench_training(o, model, tok, device, dtypes, peaks, mem, res)
         res["efficiency"] = efficiency(res["train"], peaks, res["peak_source"])
     if "decode" in sections:
-        _bench_decoding(o, model, tok, device, dtypes, mem, res)
+        tok = _bench_decoding(o, model, tok, device, dtypes, mem, res)
+    own_template = getattr(tok, "chat_template", None) not in (None, CHAT_TEMPLATE)
+    res["tokenizer"] = {"source": source or "trained on the benchmark rows (about one token per word)",
+                        "size": len(tok), "chat_template": "its own" if own_template else "ChatML",
+                        "image_token": model.cfg.image_token, "image_token_id": model.cfg.image_token_id,
+                        "tokens_per_image": model.tokens_per_image}
     return res
+
+
+def _model_and_tokenizer(o: BenchOptions) -> tuple[MiniMindVLM, Any, str | None]:
+    """The model, the tokenizer if one is already known (else None: trained on the rows later), and its source."""
+    if o.model:
+        if o.tokenizer or o.image_token:
+            raise ValueError("--tokenizer and --image-token go with a fresh --preset model: a run directory "
+                             "(--model) brings its own tokenizer")
+        from ..model.checkpoint import load_run
+
+        model, tok = load_run(o.model, "cpu")
+        return model, tok, f"the run's own ({o.model})"
+    if not o.tokenizer:
+        if o.image_token:
+            raise ValueError("--image-token names the placeholder of a --tokenizer; the tokenizer trained on the "
+                             f"rows has {IMAGE_TOKEN}")
+        return build_model(o.preset, o.vision, o.projector, o.max_len, o.seed), None, None
+    from ..data.tokenizer import load_tokenizer
+    from ..train.stage import placeholder_id
+
+    tok = load_tokenizer(o.tokenizer)
+    image_token = o.image_token or IMAGE_TOKEN
+    # The model finds image positions by id, so it must be the placeholder's id in this tokenizer (ours: 3, the
+    # minimind-3v tokenizer: 12); placeholder_id also refuses a placeholder that is not one token per copy.
+    image_id = placeholder_id(tok, image_token)
+    model = build_model(o.preset, o.vision, o.projector, o.max_len, o.seed, image_token, image_id)
+    if len(tok) > model.cfg.llm.vocab_size:
+        raise ValueError(f"the tokenizer in {o.tokenizer!r} has {len(tok)} tokens, more than the {o.preset} "
+                         f"model's vocabulary of {model.cfg.llm.vocab_size}")
+    return model, tok, str(Path(o.tokenizer).resolve())
 
 
 def _header(o: BenchOptions, device: torch.device, model: MiniMindVLM, peaks: dict[str, float],
@@ -285,7 +258,7 @@ def _bench_training(o: BenchOptions, model: MiniMindVLM, tok: Any, device: torch
     else:
         lo, hi = (int(x) for x in o.words.split(","))
         rows = synthetic_samples(o.batch_size * max(4, o.steps), (lo, hi), model.vision.image_size, o.seed)
-    tok = tok or _tokenizer_for(rows, 400, model.cfg.llm.vocab_size)
+    tok = tok or tokenizer_for(rows, 400, model.cfg.llm.vocab_size)
     if len(tok) > model.cfg.llm.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} tokens, more than the model's vocabulary")
     apply_freeze(model, o.freeze_llm)
@@ -293,12 +266,14 @@ def _bench_training(o: BenchOptions, model: MiniMindVLM, tok: Any, device: torch
         for layer in model.llm.layers:
             layer.compile(dynamic=True)
     enc = CutEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, o.max_len)
-    lengths = None
-    if o.group_by_length:
-        lengths = [min(o.max_len, len(encode_conversation(tok, _record(rows, i)["conversations"],
-                                                          tokens_per_image=model.tokens_per_image,
-                                                          image_token=model.cfg.image_token)[0]))
-                   for i in range(len(rows))]
+    full = [len(encode_conversation(tok, record(rows, i)["conversations"], tokens_per_image=model.tokens_per_image,
+                                    image_token=model.cfg.image_token)[0])
+            for i in range(len(rows) if o.group_by_length else min(len(rows), STAT_ROWS))]
+    cut = [min(o.max_len, n) for n in full]
+    res["data"] = {"rows": len(rows), "rows_measured": len(full),
+                   "real_tokens_per_sample": {"mean": round(sum(cut) / len(cut), 1), "min": min(cut), "max": max(cut)},
+                   "longest_uncut": max(full), "cut_at_max_len": sum(n > o.max_len for n in full)}
+    lengths = cut if o.group_by_length else None
     # Without grouping, rows are read in file order: the reference reads the same rows the same way.
     loader = EpochLoader(EncodedRows(rows, enc), o.batch_size, seed=o.seed, shuffle=o.group_by_length,
                          lengths=lengths, collate_fn=PackCollate(o.max_len) if o.pack else PadCollate())
@@ -338,11 +313,12 @@ def efficiency_lines(res: dict[str, Any]) -> list[str]:
 
 
 def _bench_decoding(o: BenchOptions, model: MiniMindVLM, tok: Any, device: torch.device, dtypes: list[str],
-                    mem: PeakMemory, res: dict[str, Any]) -> None:
-    """res["decode"]: decoding speed per weight storage and dtype (and res["inference_rss"] with o.rss)."""
+                    mem: PeakMemory, res: dict[str, Any]) -> Any:
+    """res["decode"]: decoding speed per weight storage and dtype (and res["inference_rss"] with o.rss); returns
+    the tokenizer."""
     if tok is None:
         rows = synthetic_samples(64, (20, 120), model.vision.image_size, o.seed)
-        tok = _tokenizer_for(rows, 64, model.cfg.llm.vocab_size)
+        tok = tokenizer_for(rows, 64, model.cfg.llm.vocab_size)
     res["decode"] = {}
     for w in o.weights or ["fp32"]:
         m, label = with_weights(model, w, o.encoder_weights), weights_label(w, o.encoder_weights)
@@ -358,3 +334,4 @@ def _bench_decoding(o: BenchOptions, model: MiniMindVLM, tok: Any, device: torch
     if o.rss and device.type == "cpu":
         res["inference_rss"] = inference_rss_of(model, tok, o.weights or ["fp32"], o.encoder_weights,
                                                 o.decode_tokens)
+    return tok

@@ -69,8 +69,14 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fused-adamw", action="store_true",
                    help="the trainer's AdamW groups with fused=True (one kernel per tensor; the trainer already fuses on CUDA and CPU)")
     p.add_argument("--freeze-llm", type=int, default=0, choices=[0, 1, 2])
-    p.add_argument("--dtype", action="append", choices=["fp32", "bf16", "fp16"],
-                   help="repeatable; default fp32, plus bf16 when the device runs bf16 matmuls at full speed")
+    p.add_argument("--dtype", action="append", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="repeatable; default fp32, plus bf16 when the device runs bf16 matmuls at full speed; "
+                        "auto: what the trainer's --dtype auto picks here (a probe of bf16 against fp32)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="tokenise with this tokenizer folder (e.g. another trainer's, to compare like with like); "
+                        "default: one trained on the benchmark rows, about one token per word")
+    p.add_argument("--image-token", default=None, metavar="TEXT",
+                   help="the image placeholder in --tokenizer's vocabulary (default <|image_pad|>; MiniMind2's: @)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=1)
@@ -169,6 +175,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from .bench import BenchOptions, efficiency_lines, run_benchmarks
 
     result = run_benchmarks(options_from(BenchOptions, args))
+    if "dtype_auto" in result:
+        print(f"--dtype auto: {result['dtype_auto']['dtype']} ({result['dtype_auto']['reason']})", file=sys.stderr)
     for line in efficiency_lines(result):  # the JSON goes to stdout; this summary beside it, on stderr
         print(line, file=sys.stderr)
     text = json.dumps(result, indent=1)
