@@ -125,3 +125,19 @@ def test_config_checks_and_round_trip(tmp_path):
     save_run(model, tok, tmp_path / "run")
     loaded, _ = load_run(tmp_path / "run")
     assert (loaded.cfg.attention, loaded.cfg.turn_start_id) == ("turn", START)
+
+
+@pytest.mark.slow
+def test_quickstart_trains_and_answers_with_turn_attention(tmp_path, capsys):
+    from minimind_v import cli
+    from minimind_v.infer.api import VLMChat
+    from minimind_v.data import world
+    import random
+
+    assert cli.main(["quickstart", "--preset", "smoke", "--attention", "turn", "--no-eval",
+                     "--out", str(tmp_path / "run")]) == 0
+    model, tok = load_run(tmp_path / "run")
+    assert (model.cfg.attention, model.cfg.turn_start_id) == ("turn", tok.convert_tokens_to_ids("<|im_start|>"))
+    image = world.render(world.sample_scene(random.Random(0)), size=48)
+    answer = VLMChat(model, tok).answer([image], "<image>\nWhat color is the circle?", max_new_tokens=4)
+    assert isinstance(answer, str)

@@ -323,3 +323,12 @@ def test_eval_items_held_out_balanced_and_deterministic():
     for kind in ("which_has", "compare_count"):
         assert kinds[kind].count("first") == kinds[kind].count("second") == 4
     assert [i["question"] for i in eval_items(8, seed=1, image_size=48)] != [i["question"] for i in items]
+
+
+def test_follow_up_share_sets_how_many_dialogues_go_on():
+    rng = random.Random(3)
+    lengths = {w: [len(make_sample(rng, image_size=32, kinds="dialogue", mix=MixWeights(follow_up=w))["conversations"])
+                   for _ in range(300)] for w in (0.0, 0.25, 1.0)}
+    assert set(lengths[0.0]) == {2}  # one question each: the image's own turn
+    longer = {w: sum(n > 2 for n in v) / len(v) for w, v in lengths.items()}
+    assert 0.12 < longer[0.25] < 0.35 and longer[1.0] > 0.7, longer

@@ -38,6 +38,9 @@ class MixWeights:
     balanced: float = 0.35  # share of image dialogues opened by a question drawn like the evaluation's (every
     # answer alike: count_color 3 and 4, near-miss no's, every colour, place and size)
     absent: float = 0.08  # share of one-image dialogues that also ask about an object that is not there
+    follow_up: float = 1.0  # share of one-image dialogues that go on after their first question; the rest ask
+    # one. Under "turn" attention (config.VLMConfig) only the question in the image's own turn can be read by the
+    # image's tokens, so a lower share teaches that path more per token.
 
 
 def _train_scene(rng: random.Random):
@@ -77,6 +80,8 @@ def _dialogue(rng: random.Random, size: int, w: MixWeights) -> dict:
     if rng.random() < w.absent and (qa := absent_qa(scene, rng.choice(_ABSENT), rng)) is not None:
         chosen = chosen[:5]  # still at most six turns
         chosen.insert(rng.randint(0, len(chosen)), qa)
+    if w.follow_up < 1 and rng.random() >= w.follow_up:  # (no draw at 1: the default stream stays as it was)
+        chosen = chosen[:1]
     return {"conversations": _turns(chosen, rng, w.canonical, 1), "images": [render(scene, size, rng, jitter=True)]}
 
 
