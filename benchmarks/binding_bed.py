@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import random
-import subprocess
 import time
 
 import torch
@@ -29,6 +27,7 @@ from minimind_v.data.batches import PackCollate
 from minimind_v.data.chatmix import EVAL_STYLE, make_sample
 from minimind_v.data.encode import SampleEncoder
 from minimind_v.data.tokenizer import turn_start_id
+from minimind_v.device import machine
 from minimind_v.data.world import eval_seed, render, sample_scene, train_seed
 from minimind_v.data.world_vocab import COLORS
 from minimind_v.infer.api import VLMChat
@@ -101,8 +100,8 @@ def main() -> None:
     p.add_argument("--images-last", action="store_true", help="each user turn's images after its words")
     p.add_argument("--attention", default="causal", choices=["causal", "turn"], help="the fresh model's attention")
     a = p.parse_args()
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if platform.system() == "Linux" else ""
-    print(next((line for line in cpu.splitlines() if line.startswith("Model name")), platform.processor()))
+    name, flags = machine()
+    print(f"CPU: {name}; flags: {' '.join(flags or []) or 'none of those the dtype probe reads'}")
     torch.manual_seed(0)
     base, tok = load_run(a.run)
     cfg = dataclasses.replace(base.cfg, attention=a.attention, turn_start_id=turn_start_id(tok))

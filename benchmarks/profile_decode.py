@@ -10,12 +10,12 @@ which of the two a step is made of.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from minimind_v.device import machine
 from minimind_v.eval.bench_data import build_model
 from minimind_v.eval.decode_bench import with_weights
 from minimind_v.infer.generate import GenerationConfig, generate_stream
@@ -29,8 +29,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows", type=int, default=18, help="rows of the profiler table")
     a = p.parse_args()
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    print(next((line for line in cpu if line.startswith("Model name")), "CPU: unknown"))
+    name, flags = machine()
+    print(f"CPU: {name}; flags: {' '.join(flags or []) or 'none of those the dtype probe reads'}")
     torch.set_num_threads(a.threads)
     model = with_weights(build_model(a.preset, "scratch", "mlp", 768), a.weights).eval()
     image = model.cfg.image_token_id

@@ -23,9 +23,8 @@ The fitted length comes from our encoding of the rows with the reference's templ
 random system prompt to 1 in 5 samples and drops the empty think block from 4 in 5, so a few samples may be cut
 by a few tokens: its step then still computes exactly batch x fitted tokens.
 
-    python benchmarks/vs_reference.py --ref-python /work/refvenv/bin/python \\
-        --ref-bench /work/shared/tools/refbench/ref_bench.py --ref /work/ref \\
-        --vision /work/VE/siglip2-base-p32-256-ve --work /tmp/vsref --rounds 3
+    python benchmarks/vs_reference.py --ref-python REF_VENV/bin/python --ref-bench REFBENCH/ref_bench.py \\
+        --ref REF_CHECKOUT --vision VE/siglip2-base-p32-256-ve --work WORK --rounds 3
 
 (`--tokenizer` defaults to REF/model; `--warmup 1 --steps 1 --rounds 1 --no-decode` makes a quick smoke run.)
 """
@@ -42,26 +41,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-SETTINGS = {  # the two row sets the project is measured on (refbench README)
+from minimind_v.device import CPU_FLAGS, machine
+
+SETTINGS = {  # the two row sets both sides are measured on: long answers, and realistic 20-120-word ones
     "long": ["--n-words", "900"],
     "realistic": ["--n-words", "120", "--n-words-min", "20"],
 }
 BATCH, SEQ_LEN, ROWS = 4, 768, 400
 MODEL = ["--hidden", "512", "--layers", "8", "--batch", str(BATCH), "--threads", "2", "--rows", str(ROWS)]
 OURS = ["--preset", "minimind3-small", "--batch-size", str(BATCH), "--threads", "2"]
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 COMPARISONS = {"fp32": "fp32 against fp32 (the implementations)",
                "best": "each side's best on this CPU (ours --dtype auto, the reference fp32)",
                "fitted": "the reference with --seq-len fitted to the realistic rows"}
 
 
 def cpu_info() -> dict[str, Any]:
-    """lscpu's model name and which of the flags that decide fp32/bf16 speed this CPU has."""
-    text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines()))
-    have = set(fields.get("Flags", "").split())
-    return {"model_name": fields.get("Model name", "?"), "cpus": fields.get("CPU(s)", "?"),
-            "flags": {f: f in have for f in FLAGS}, "load_avg_at_start": os.getloadavg()}
+    """The CPU's model name and which of the flags that decide fp32/bf16 speed it has (device.machine, the
+    dtype probe's own reading), with the load at start."""
+    name, flags = machine()
+    return {"model_name": name, "cpus": os.cpu_count(),
+            "flags": {f: f in (flags or []) for f in CPU_FLAGS}, "load_avg_at_start": os.getloadavg()}
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> None:

@@ -121,7 +121,6 @@ def test_config_checks_and_round_trip(tmp_path):
 
     tok = train_tokenizer(["a red circle", "a blue square"] * 20, vocab_size=280)
     model = tiny("turn")
-    model.cfg.llm.vocab_size = 64
     save_run(model, tok, tmp_path / "run")
     loaded, _ = load_run(tmp_path / "run")
     assert (loaded.cfg.attention, loaded.cfg.turn_start_id) == ("turn", START)

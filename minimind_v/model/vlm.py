@@ -80,7 +80,7 @@ class MiniMindVLM(nn.Module):
             n_slots = int((input_ids == self.cfg.image_token_id).sum())
             if n_slots:
                 raise PlaceholderMismatch(f"the prompt has {n_slots} image placeholder tokens but no image")
-        if self.cfg.attention == "turn":
+        if self.cfg.attention == "turn" and image_embeds is not None:  # only a chunk with images has image turns
             llm_kwargs["blocks"] = image_turns(input_ids, self.cfg.turn_start_id, self.cfg.image_token_id)
         return self.llm(inputs_embeds=embeds, **llm_kwargs)
 
