@@ -12,7 +12,8 @@ absolute figures of the same rounds.
   fp32      the implementations: both in fp32 (long rows, realistic rows, decoding at batch 1).
   best      each side as it trains and answers on this CPU by default: ours `--dtype auto` (bf16 autocast only
             where a probe finds it clearly faster; decoding with the weights that choice implies), the
-            reference in fp32 (its trainer uses no autocast on CPU), so its figure is the fp32 run's.
+            reference in fp32 (its trainer uses no autocast on CPU), so its figure is the fp32 run's. Decoding
+            is also timed with int8 weights (`--weights int8`, opt-in: answers may differ slightly).
   fitted    the reference with `--seq-len` fitted to the realistic rows, the longest real sample rounded up to
             a multiple of 64 (the reference pads every sample to its max length), against ours on those rows.
 
@@ -26,7 +27,8 @@ by a few tokens: its step then still computes exactly batch x fitted tokens.
     python benchmarks/vs_reference.py --ref-python REF_VENV/bin/python --ref-bench REFBENCH/ref_bench.py \\
         --ref REF_CHECKOUT --vision VE/siglip2-base-p32-256-ve --work WORK --rounds 3
 
-(`--tokenizer` defaults to REF/model; `--warmup 1 --steps 1 --rounds 1 --no-decode` makes a quick smoke run.)
+(`--tokenizer` defaults to REF/model; `--warmup 1 --steps 1 --rounds 1 --no-decode` makes a quick smoke run;
+`--decode-only` times decoding alone.)
 """
 from __future__ import annotations
 
@@ -41,13 +43,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from minimind_v.device import CPU_FLAGS, machine
+import torch
+
+from minimind_v.device import CPU_FLAGS, machine, resolve_dtype
 
 SETTINGS = {  # the two row sets both sides are measured on: long answers, and realistic 20-120-word ones
     "long": ["--n-words", "900"],
     "realistic": ["--n-words", "120", "--n-words-min", "20"],
 }
 BATCH, SEQ_LEN, ROWS = 4, 768, 400
+DIM, FFN = 512, 1664  # the model both sides build (minimind3-small here, --hidden 512 there)
 MODEL = ["--hidden", "512", "--layers", "8", "--batch", str(BATCH), "--threads", "2", "--rows", str(ROWS)]
 OURS = ["--preset", "minimind3-small", "--batch-size", str(BATCH), "--threads", "2"]
 COMPARISONS = {"fp32": "fp32 against fp32 (the implementations)",
@@ -132,18 +137,23 @@ def one_round(a: argparse.Namespace, r: int) -> dict[str, dict[str, Any]]:
                     "--dtype", "fp32"], a.work / f"ours_fitted_fp32_{r}.json")
     res["fitted"]["realistic_fp32"] = {**train_pair(ref, mine), "fitted_seq_len": fitted}
     res["fitted"]["realistic_best"] = {**train_pair(ref, best), "fitted_seq_len": fitted}
-    if a.no_decode:
-        return res
+    return res
+
+
+def decode_round(a: argparse.Namespace, r: int, res: dict[str, dict[str, Any]]) -> None:
+    """Greedy decoding at batch 1, the sides alternating: ours in fp32, with the weights `--weights auto` loads
+    on this CPU, and with int8 weights (`--weights int8`, the fastest storage for decoding on a CPU)."""
     ref = reference(a, SEQ_LEN, [*SETTINGS["realistic"], "--skip-train", "--gen-tokens", "100",
                                  "--gen-runs", str(a.gen_runs)], a.work / f"ref_decode_{r}.json")
     dec = ["--only", "decode", "--decode-tokens", "100", "--decode-batch", "1", "--repeats", str(a.gen_runs)]
     mine = ours(a, [*dec, "--dtype", "fp32", "--weights", "fp32"], a.work / f"ours_decode_fp32_{r}.json")
     res["fp32"]["decode_batch1"] = decode_pair(ref, mine, "fp32")
-    weights = best["dtype_auto"]["weights"]  # what inference loads by default (--weights auto) for this choice
+    weights = resolve_dtype("auto", torch.device("cpu"), DIM, FFN).weights  # what `--weights auto` loads here
     if weights != "fp32":
         mine = ours(a, [*dec, "--dtype", "auto", "--weights", weights], a.work / f"ours_decode_auto_{r}.json")
     res["best"]["decode_batch1"] = decode_pair(ref, mine, "fp32" if weights == "fp32" else f"{weights}_weights")
-    return res
+    mine = ours(a, [*dec, "--dtype", "fp32", "--weights", "int8"], a.work / f"ours_decode_int8_{r}.json")
+    res["best"]["decode_batch1_int8"] = decode_pair(ref, mine, "int8_weights")
 
 
 def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -199,6 +209,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps of every training run (both sides)")
     ap.add_argument("--gen-runs", type=int, default=3, help="timed decoding runs (after one warm-up), both sides")
     ap.add_argument("--no-decode", action="store_true", help="skip the decoding comparison")
+    ap.add_argument("--decode-only", action="store_true", help="only the decoding comparison")
     a = ap.parse_args()
     a.tokenizer = a.tokenizer or str(Path(a.ref) / "model")
     a.work.mkdir(parents=True, exist_ok=True)
@@ -206,7 +217,9 @@ def main() -> None:
     print(cpu_line(cpu) + "\n" + json.dumps({"cpu": cpu}), flush=True)
     rounds = []
     for r in range(a.rounds):
-        rounds.append(one_round(a, r))
+        rounds.append({c: {} for c in COMPARISONS} if a.decode_only else one_round(a, r))
+        if not a.no_decode:
+            decode_round(a, r, rounds[-1])
         print(json.dumps({"round": r, **rounds[-1]}), flush=True)
     summary = summarize(rounds)
     result = {"cpu": cpu, "command": sys.argv, "comparisons": COMPARISONS, "tokenizer": a.tokenizer,

@@ -134,7 +134,7 @@ def test_load_run_in_half_matches_float32_within_rounding(tiny_run, weights, dty
     with torch.inference_mode():
         a, b = full(ids, px).logits, half(ids, px).logits
     assert 0 < _rel(b, a) < 0.03
-    with pytest.raises(ValueError, match="fp32, bf16 or fp16"):
+    with pytest.raises(ValueError, match="must be one of fp32, bf16, fp16, int8"):
         load_run(tiny_run, weights="int3")
 
 
@@ -171,8 +171,9 @@ def test_pretrained_encoder_in_bf16_goes_through_the_light_tower(siglip_run):
 def test_cli_ask_and_bench_take_half_weights(tiny_run, tmp_path, capsys):
     img = tmp_path / "a.png"
     Image.new("RGB", (32, 32), "blue").save(img)
-    assert main(["ask", "--model", str(tiny_run), "--image", str(img), "--weights", "bf16", "--max-new-tokens", "3",
-                 "What is it?"]) == 0
+    for weights in ("bf16", "int8"):
+        assert main(["ask", "--model", str(tiny_run), "--image", str(img), "--weights", weights,
+                     "--max-new-tokens", "3", "What is it?"]) == 0
     capsys.readouterr()
     out = tmp_path / "b.json"
     assert main(["bench", "--model", str(tiny_run), "--only", "decode", "--dtype", "fp32", "--weights", "fp32",
@@ -206,8 +207,6 @@ def test_int8_encoder_stores_a_quarter_and_stays_close(siglip_run):
     with torch.inference_mode():
         a, b = full.vision(px), small.vision(px)
     assert 0 < _rel(b, a) < 0.03
-    with pytest.raises(ValueError, match="encoder weights also int8"):
-        load_run(siglip_run, weights="int8")
 
 
 def test_upcast_in_blocks_equals_one_product(monkeypatch):
@@ -243,3 +242,57 @@ def test_int8_encoder_loads_for_a_run_whose_encoder_was_not_frozen(siglip_run, t
     (run / "config.json").write_text(json.dumps(cfg))
     model, _ = load_run(run, weights="bf16", encoder_weights="int8")
     assert not any(p.requires_grad for p in model.vision.parameters())
+
+
+def _int8_pair(inner: int, out: int = 70) -> tuple[Int8Linear, torch.Tensor]:
+    torch.manual_seed(0)
+    lin = store_weights(nn.Sequential(nn.Linear(inner, out)), torch.int8)[0]
+    return lin, lin.weight.float() * lin.scale  # the weight it stands for
+
+
+@pytest.mark.skipif(half_module._INT8_KERNEL is None, reason="this torch has no _weight_int8pack_mm")
+def test_int8_decoding_rows_take_the_int8_kernel_and_match_the_dequantized_product(monkeypatch):
+    calls = []
+    kernel = half_module._INT8_KERNEL
+    monkeypatch.setattr(half_module, "_INT8_KERNEL", lambda *a: calls.append(a[0].shape) or kernel(*a))
+    lin, w = _int8_pair(128)
+    for shape in [(1, 128), (2, 1, 128), (4, 128)]:  # one decoding row, a batch of 2, the row limit
+        x = torch.randn(shape)
+        with torch.inference_mode():
+            y = lin(x)
+        assert y.shape == (*shape[:-1], 70) and y.dtype == torch.float32
+        assert _rel(y, torch.nn.functional.linear(x, w, lin.bias)) < 0.01  # bf16 activations: within rounding
+    assert [tuple(c) for c in calls] == [(1, 128), (2, 128), (4, 128)]
+    calls.clear()
+    x = torch.randn(5, 128)  # prefill-sized: the float32 product, exact
+    torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, w, lin.bias))
+    assert calls == []
+
+
+def test_int8_kernel_is_never_given_an_inner_size_it_would_read_past(monkeypatch):
+    monkeypatch.setattr(half_module, "_INT8_KERNEL", lambda *a: pytest.fail("kernel called"))
+    lin, w = _int8_pair(72)  # 72 is not a multiple of the widest vector: the kernel would read past each row
+    x = torch.randn(1, 72)
+    with torch.inference_mode():
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, w, lin.bias))
+    lin, w = _int8_pair(128)
+    x = torch.randn(1, 128, requires_grad=True)  # an input that wants gradients takes the float32 product
+    torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, w, lin.bias))
+
+
+def test_load_run_int8_quantizes_the_llm_and_gives_the_tied_head_its_own_copy(tiny_run):
+    full, _ = load_run(tiny_run)
+    small, _ = load_run(tiny_run, weights="int8")
+    llm = small.llm
+    lins = [m for m in llm.modules() if isinstance(m, Int8Linear)]
+    assert len(lins) == sum(isinstance(m, nn.Linear) for m in full.llm.modules())
+    assert llm.embed_tokens.weight.dtype == torch.float32 and not llm.embed_tokens.weight.is_meta
+    if small.cfg.llm.tie_embeddings:
+        q, scale = quantize_int8(full.llm.embed_tokens.weight.detach())
+        assert torch.equal(llm.lm_head.weight, q) and torch.equal(llm.lm_head.scale, scale)
+    ids = torch.tensor([[1] * 4 + [small.cfg.image_token_id] * small.tokens_per_image + [5, 6, 7]])
+    px = full.vision.preprocess([Image.new("RGB", (40, 30), "red")])
+    with torch.inference_mode():
+        a, b = full(ids, px).logits, small(ids, px).logits
+        one, one_full = small(ids[:, :1]).logits, full(ids[:, :1]).logits  # one row: the decoding path
+    assert 0 < _rel(b, a) < 0.05 and 0 < _rel(one, one_full) < 0.05

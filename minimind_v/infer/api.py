@@ -124,8 +124,9 @@ def load(path: str | Path, device: str = "auto", weights: str = "fp32", encoder_
     """Load a run directory written by training (or by import) and return a VLMChat.
 
     weights="bf16" (or "fp16") keeps the weights in half precision: half the memory, faster decoding at
-    batch 1 on CPU, answers within rounding of float32 (see model/half.py). encoder_weights (default: the
-    same) may also be "int8": a quarter of the encoder's float32 memory. compile=True compiles the decoding
+    batch 1 on CPU, answers within rounding of float32 (see model/half.py). weights="int8" stores the LLM's
+    linear layers as int8 rows with a scale each: a quarter of the bytes, the fastest decoding on CPU, answers
+    that may differ slightly from float32. encoder_weights defaults to the same. compile=True compiles the decoding
     step (infer/generate.py: compile_decoding): faster answers once the first one has paid for it.
     adapter: a LoRA adapter folder trained on this run, folded into the weights at load (model/lora.py).
     weights="auto" (what the commands default to) measures: bf16 where bf16 products are clearly faster

@@ -47,10 +47,11 @@ def add_server_arguments(p: argparse.ArgumentParser, port: int, model_help: str)
 
 def add_loading_arguments(p: argparse.ArgumentParser) -> None:
     """--weights / --encoder-weights / --compile, for every command that loads a model to answer with."""
-    p.add_argument("--weights", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    p.add_argument("--weights", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
                    help="weight storage: bf16/fp16 halve the memory and speed up decoding at batch 1 "
-                        "(activations stay fp32); auto: bf16 where bf16 matmuls are measured clearly faster "
-                        "than fp32, else fp32")
+                        "(activations stay fp32); int8 stores the LLM's linear layers in a quarter of the bytes "
+                        "(per-row scales; answers may differ slightly); auto: bf16 where bf16 matmuls are "
+                        "measured clearly faster than fp32, else fp32")
     p.add_argument("--encoder-weights", choices=["fp32", "bf16", "fp16", "int8"], default=None,
                    help="the vision encoder's weight storage (default: as --weights, once auto is decided); int8 takes a quarter of fp32")
     p.add_argument("--compile", action="store_true",

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from .. import allocator, runs
 from ..config import VisionConfig
 from ..data.tokenizer import load_tokenizer
-from .half import HALF_DTYPES, STORAGE_DTYPES, empty_model, store_encoder_weights, store_weights
+from .half import STORAGE_DTYPES, Int8Linear, empty_model, quantize_int8, store_encoder_weights, store_weights
 from .llm import MiniMindLM
 from .lora import load_adapter, merge_lora
 from .stream_load import read_header, stream_tensors
@@ -64,9 +64,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
     """Rebuild the model and tokenizer from a run directory, in eval mode.
 
     `weights` "bf16"/"fp16" stores the weights in half precision for inference (half the memory, faster
-    decoding; see model/half.py); `encoder_weights` (default: the same) may also be "int8" for the vision
-    encoder. The LLM (and a pretrained encoder) is then built on the meta device and filled one tensor at a
-    time, so no float32 copy of it is ever allocated. `adapter`: a LoRA adapter folder trained on this run
+    decoding; see model/half.py), "int8" the LLM's linear layers as int8 rows with a scale each (a quarter of
+    the bytes; embeddings stay float32); `encoder_weights` defaults to the same. The LLM (and a pretrained
+    encoder) is then built on the meta device and filled one tensor at a time, so no float32 copy of it is ever
+    allocated. `adapter`: a LoRA adapter folder trained on this run
     (model/lora.py), folded into the float32 weights before they are stored as asked.
     """
     if adapter is not None:
@@ -75,9 +76,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
     cfg, extra = runs.read_config(run)
     runs.check_vision_hash(cfg, extra)
     encoder_weights = encoder_weights or weights
-    if weights not in ("fp32", *HALF_DTYPES) or encoder_weights not in STORAGE_DTYPES:
-        raise ValueError(f"weights must be fp32, bf16 or fp16 (encoder weights also int8), not "
-                         f"{weights!r} / {encoder_weights!r}")
+    if weights not in STORAGE_DTYPES or encoder_weights not in STORAGE_DTYPES:
+        raise ValueError(f"weights must be one of {', '.join(STORAGE_DTYPES)}, not {weights!r} / {encoder_weights!r}")
     if weights == encoder_weights == "fp32":
         model = MiniMindVLM(cfg)
         state = load_file(str(run / runs.WEIGHTS_FILE))
@@ -89,23 +89,50 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
         with empty_model():
             model = MiniMindVLM(cfg, vision=vision)
         if weights != "fp32":
-            store_weights(model.llm, HALF_DTYPES[weights])
+            store_weights(model.llm, STORAGE_DTYPES[weights])
         want = model.state_dict()
         file = run / runs.WEIGHTS_FILE
-        state = dict(stream_tensors(file, lambda k: want[k].dtype if k in want else None))
+        state = _read_stored(file, want)
         unexpected = [k for k in read_header(file)[0] if k not in want]
         model.load_state_dict(state, strict=False, assign=True)
         missing = [k for k in want if k not in state]
     tied = cfg.llm.tie_embeddings
-    missing = [k for k in missing if not k.startswith("vision.") and not (tied and k == "llm.lm_head.weight")]
+    missing = [k for k in missing if not k.startswith("vision.")
+               and not (tied and k in ("llm.lm_head.weight", "llm.lm_head.scale"))]
     if missing or unexpected:
         raise ValueError(f"{run}/model.safetensors does not fit its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     if cfg.llm.tie_embeddings:
-        model.llm.lm_head.weight = model.llm.embed_tokens.weight
+        _tie_head(model.llm)
     del state
     allocator.trim()
     return model.to(device).eval(), load_tokenizer(run)
+
+
+def _read_stored(file: Path, want: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The file's tensors in the dtypes of `want` (a meta state dict), one at a time; an int8 weight is read as
+    float32 and quantized at once, its per-row scale filled beside it."""
+    state: dict[str, torch.Tensor] = {}
+
+    def target(key: str) -> torch.dtype | None:
+        return None if key not in want else torch.float32 if want[key].dtype == torch.int8 else want[key].dtype
+
+    for key, t in stream_tensors(file, target):
+        if want[key].dtype == torch.int8:
+            state[key], state[key.removesuffix("weight") + "scale"] = quantize_int8(t)
+        else:
+            state[key] = t
+    return state
+
+
+def _tie_head(llm: MiniMindLM) -> None:
+    """The output head shares the embedding; an int8 head gets its own int8 copy of it (embeddings stay float)."""
+    if isinstance(llm.lm_head, Int8Linear):
+        q, scale = quantize_int8(llm.embed_tokens.weight.detach())
+        llm.lm_head.weight = torch.nn.Parameter(q, requires_grad=False)
+        llm.lm_head.scale = torch.nn.Parameter(scale, requires_grad=False)
+    else:
+        llm.lm_head.weight = llm.embed_tokens.weight
 
 
 def _load_with_adapter(run: Path, device: str | torch.device, weights: str, encoder_weights: str,

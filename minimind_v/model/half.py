@@ -7,9 +7,10 @@ and CPUs without native bf16 math still read bf16 weights twice as fast as fp32.
 several times slower in bf16 than in fp32, so those products cast the weight up to float32 first. Norms,
 residuals, attention and the KV cache stay in float32 throughout.
 
-int8 (one float32 scale per output row) stores a quarter of the float32 bytes. Each product rebuilds the
-float32 weight first, so it suits layers run a few times per request, like a vision encoder, and not the LLM's
-one-row decoding products.
+int8 (one float32 scale per output row) stores a quarter of the float32 bytes. A decoding product (a few rows,
+on a CPU) reads the int8 rows directly with PyTorch's weight-only int8 kernel (`_weight_int8pack_mm`, bf16
+activations), so it streams a quarter of the bytes; larger products rebuild the float32 weight a block of rows at
+a time, which suits layers run a few times per request, like a vision encoder.
 """
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ STORAGE_DTYPES = {"fp32": torch.float32, **HALF_DTYPES, "int8": torch.int8}
 # At most this many rows go through the half-precision matmul; more rows take the float32 one. Measured on a
 # 2-core AVX2 CPU: bf16 wins at 1 row (memory-bound), loses from 2 rows on (no native bf16 arithmetic).
 HALF_MATMUL_MAX_ROWS = 1
+
+# PyTorch's CPU kernel for int8 weights x bf16 activations (the one weight-only int8 decoding uses). Private, so
+# looked up rather than assumed. It reads the inner dimension in whole vectors and has no tail loop (an inner size
+# of 24 reads past the row), so it is only given inner sizes that are a multiple of the widest vector.
+_INT8_KERNEL = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+INT8_KERNEL_MULTIPLE = 64
+INT8_KERNEL_MAX_ROWS = 4
 
 # A weight cast up to float32 for a product is rebuilt this many elements at a time, so the temporary stays a
 # few MB however large the layer (a whole 768 x 3072 encoder weight would be 9.4 MB, several of them freed
@@ -83,10 +91,23 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.weight, self.scale, self.bias = weight, scale, bias
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self._kernel_scale: tuple[Tensor, Tensor] | None = None  # (scale, the same as [rows] bf16 for the kernel)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._use_kernel(x):
+            if self._kernel_scale is None or self._kernel_scale[0] is not self.scale:  # (a load may swap it)
+                self._kernel_scale = (self.scale, self.scale.detach().reshape(-1).to(torch.bfloat16))
+            lead = x.shape[:-1]
+            y = _INT8_KERNEL(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight, self._kernel_scale[1])
+            y = y.to(x.dtype).reshape(*lead, self.out_features)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
         w, scale = self.weight, self.scale.to(x.dtype)
         return _upcast_linear(x, lambda a, z: w[a:z] * scale[a:z], self.out_features, self.bias)  # int8 * fp32 -> fp32
+
+    def _use_kernel(self, x: Tensor) -> bool:
+        return (_INT8_KERNEL is not None and x.device.type == "cpu" and not x.requires_grad
+                and self.in_features % INT8_KERNEL_MULTIPLE == 0 and self.weight.is_contiguous()
+                and x.numel() // self.in_features <= INT8_KERNEL_MAX_ROWS)
 
 
 def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
