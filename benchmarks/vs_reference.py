@@ -145,7 +145,8 @@ def decode_round(a: argparse.Namespace, r: int, res: dict[str, dict[str, Any]]) 
     on this CPU, and with int8 weights (`--weights int8`, the fastest storage for decoding on a CPU)."""
     ref = reference(a, SEQ_LEN, [*SETTINGS["realistic"], "--skip-train", "--gen-tokens", "100",
                                  "--gen-runs", str(a.gen_runs)], a.work / f"ref_decode_{r}.json")
-    dec = ["--only", "decode", "--decode-tokens", "100", "--decode-batch", "1", "--repeats", str(a.gen_runs)]
+    dec = ["--only", "decode", "--decode-tokens", "100", "--decode-batch", "1", "--repeats", str(a.gen_runs),
+           *(["--compile"] if a.compile else [])]
     mine = ours(a, [*dec, "--dtype", "fp32", "--weights", "fp32"], a.work / f"ours_decode_fp32_{r}.json")
     res["fp32"]["decode_batch1"] = decode_pair(ref, mine, "fp32")
     weights = resolve_dtype("auto", torch.device("cpu"), DIM, FFN).weights  # what `--weights auto` loads here
@@ -210,6 +211,7 @@ def main() -> None:
     ap.add_argument("--gen-runs", type=int, default=3, help="timed decoding runs (after one warm-up), both sides")
     ap.add_argument("--no-decode", action="store_true", help="skip the decoding comparison")
     ap.add_argument("--decode-only", action="store_true", help="only the decoding comparison")
+    ap.add_argument("--compile", action="store_true", help="our decoding step torch.compiled (bench --compile)")
     a = ap.parse_args()
     a.tokenizer = a.tokenizer or str(Path(a.ref) / "model")
     a.work.mkdir(parents=True, exist_ok=True)

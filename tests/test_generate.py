@@ -186,12 +186,13 @@ def test_stream_chat_checks_before_the_first_token(vlm):
         vlm.stream_chat([{"role": "user", "content": "<image>a"}, {"role": "user", "content": "b"}], [im])
 
 
-def test_compiled_decoding_answers_as_eager_does(tiny_run):
+@pytest.mark.parametrize("weights", ["bf16", "int8"])  # int8: the weight-only int8 kernel inside the compiled step
+def test_compiled_decoding_answers_as_eager_does(tiny_run, weights):
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]
-    eager = minimind_v.load(tiny_run, device="cpu", weights="bf16")
-    fast = minimind_v.load(tiny_run, device="cpu", weights="bf16", compile=True)
+    eager = minimind_v.load(tiny_run, device="cpu", weights=weights)
+    fast = minimind_v.load(tiny_run, device="cpu", weights=weights, compile=True)
     assert callable(getattr(fast.model, "decode_step", None)) and not hasattr(eager.model, "decode_step")
     image = Image.new("RGB", (32, 32), (250, 20, 20))
     items = [([image], "<image>\nWhat color is it?"), ([image], "<image>\nDescribe the image.")]

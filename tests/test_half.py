@@ -256,15 +256,15 @@ def test_int8_decoding_rows_take_the_int8_kernel_and_match_the_dequantized_produ
     kernel = half_module._INT8_KERNEL
     monkeypatch.setattr(half_module, "_INT8_KERNEL", lambda *a: calls.append(a[0].shape) or kernel(*a))
     lin, w = _int8_pair(128)
-    for shape in [(1, 128), (2, 1, 128), (4, 128)]:  # one decoding row, a batch of 2, the row limit
+    for shape in [(1, 128), (2, 1, 128), (half_module.INT8_KERNEL_MAX_ROWS, 128)]:  # a row, a batch of 2, the limit
         x = torch.randn(shape)
         with torch.inference_mode():
             y = lin(x)
         assert y.shape == (*shape[:-1], 70) and y.dtype == torch.float32
         assert _rel(y, torch.nn.functional.linear(x, w, lin.bias)) < 0.01  # bf16 activations: within rounding
-    assert [tuple(c) for c in calls] == [(1, 128), (2, 128), (4, 128)]
+    assert [tuple(c) for c in calls] == [(1, 128), (2, 128), (half_module.INT8_KERNEL_MAX_ROWS, 128)]
     calls.clear()
-    x = torch.randn(5, 128)  # prefill-sized: the float32 product, exact
+    x = torch.randn(half_module.INT8_KERNEL_MAX_ROWS + 1, 128)  # prefill-sized: the float32 product, exact
     torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, w, lin.bias))
     assert calls == []
 

@@ -17,6 +17,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from ..model.half import prepare_int8
+
 
 @dataclass
 class GenerationConfig:
@@ -163,6 +165,7 @@ def compile_decoding(model: torch.nn.Module) -> None:
     """
     # The class's forward, not this instance's bound one: a deep copy of the model then decodes with its own
     # weights (the step is called with the model as its first argument).
+    prepare_int8(model)
     model.decode_step = torch.compile(type(model).forward, dynamic=True)
 
 
