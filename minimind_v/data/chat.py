@@ -197,33 +197,47 @@ def _with_system(messages: list[dict], system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}, *messages]
 
 
-def _check_messages(messages: list[dict], *, last_role: str) -> None:
+def conversation_problem(messages: list[Any], *, last_role: str) -> tuple[str, str] | None:
+    """What is wrong with a conversation, as (code, message), or None. One rule for training rows and prompts:
+    known roles, string contents, no empty turn (a user turn may be an image alone, an assistant turn a tool call
+    alone), an optional system message first, user/assistant alternating (tool results after a tool call),
+    `<image>` only in user turns, and the last message from `last_role`."""
+    if not messages:
+        return "bad_roles", "the conversation has no messages"
     expected: tuple[str, ...] = ("user",)
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
+            return "bad_json", f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}"
         role, content = m["role"], m["content"]
         if role not in ROLES:
-            raise ValueError(f"message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
+            return "bad_roles", f"message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}"
         if not isinstance(content, str):
-            raise ValueError(f"message {i} ({role}) content must be a string, got {type(content).__name__}")
-        if not content.strip() and not (role == "assistant" and m.get("tool_calls")):
-            raise ValueError(f"message {i} ({role}) has empty content")
-        if role != "user" and IMAGE_MARKER in content:
-            raise ValueError(f"message {i} ({role}) contains {IMAGE_MARKER}; images belong in user messages")
+            return "bad_json", f"message {i} ({role}) content must be a string, got {type(content).__name__}"
+        if not content.replace(IMAGE_MARKER, "").strip() and not (role == "user" and IMAGE_MARKER in content) \
+                and not m.get("tool_calls"):
+            return "empty_turn", f"message {i} ({role}) has empty content"
         if role == "system":
-            if i != 0:
-                raise ValueError(f"message {i} is a system message; only the first message may be one")
+            if i:
+                return "bad_roles", f"message {i} is a system message; only the first message may be one"
             continue
         if role not in expected:
-            raise ValueError(f"message {i} is from {role} but {' or '.join(expected)} was expected: turns must "
-                             "alternate user/assistant, starting with user (tool results follow a tool call)")
+            return "bad_roles", (f"message {i} is from {role}, expected {' or '.join(expected)}: turns must "
+                                 "alternate user/assistant, starting with user (tool results follow a tool call)")
+        if role != "user" and IMAGE_MARKER in content:
+            return "placeholder_mismatch", (f"message {i} ({role}) contains {IMAGE_MARKER}; images belong in user "
+                                            "messages")
         expected = next_roles(m)
     last = messages[-1]["role"]
     if last != last_role:
         what = "a training sample must end with the assistant's answer" if last_role == "assistant" \
             else "a prompt must end with a user message"
-        raise ValueError(f"conversation ends with a {last} message: {what}")
+        return "bad_roles", f"conversation ends with a {last} message: {what}"
+    return None
+
+
+def _check_messages(messages: list[dict], *, last_role: str) -> None:
+    if problem := conversation_problem(messages, last_role=last_role):
+        raise ValueError(problem[1])
 
 
 def _check_tokens_per_image(n: int) -> None:

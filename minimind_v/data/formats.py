@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from ..config import IMAGE_MARKER
-from .chat import ROLES, count_markers
-from .tools import calls_of, next_roles
+from .chat import conversation_problem, count_markers
+from .tools import calls_of
 from .json_array import JsonArrayRows
 from .rows import BadRow, JsonlRows, ParquetRows, open_rows
 
@@ -67,30 +67,10 @@ def parse_conversations(value: Any) -> list[dict[str, str]]:
 
 
 def check_conversation(convs: list[dict[str, Any]], n_images: int) -> None:
-    """Raise BadRow unless turns alternate user/assistant (optional system first), are non-empty strings,
-    end with the assistant, and the `<image>` markers (user turns only) match the number of images."""
-    expected: tuple[str, ...] = ("user",)
-    for k, m in enumerate(convs):
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            raise BadRow("bad_roles", f"message {k} has role {role!r}; expected one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise BadRow("bad_json", f"message {k} ({role}) content is a {type(content).__name__}, not a string")
-        if not content.replace(IMAGE_MARKER, "").strip() and not (role == "user" and IMAGE_MARKER in content) \
-                and not m.get("tool_calls"):
-            raise BadRow("empty_turn", f"message {k} ({role}) is empty")
-        if role == "system":
-            if k:
-                raise BadRow("bad_roles", f"message {k} is a system message; only the first may be")
-            continue
-        if role not in expected:
-            raise BadRow("bad_roles", f"message {k} is from {role}, expected {' or '.join(expected)} (turns must "
-                         f"alternate; tool results follow a tool call)")
-        if role != "user" and IMAGE_MARKER in content:
-            raise BadRow("placeholder_mismatch", f"message {k} ({role}) holds {IMAGE_MARKER}")
-        expected = next_roles(m)
-    if convs[-1].get("role") != "assistant":
-        raise BadRow("bad_roles", "the conversation does not end with an assistant answer")
+    """Raise BadRow unless the conversation follows `chat.conversation_problem`'s rule, ending with the
+    assistant, and its `<image>` markers match the number of images."""
+    if problem := conversation_problem(convs, last_role="assistant"):
+        raise BadRow(*problem)
     markers = sum(count_markers(m["content"]) for m in convs)
     if markers != n_images:
         raise BadRow("placeholder_mismatch", f"{markers} {IMAGE_MARKER} markers but {n_images} images")
