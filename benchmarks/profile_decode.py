@@ -6,6 +6,7 @@ which of the two a step is made of.
 
     python benchmarks/profile_decode.py --preset minimind3-small --weights fp32
     python benchmarks/profile_decode.py --preset minimind3-small --weights bf16
+    python benchmarks/profile_decode.py --preset minimind3-small --weights int8   # the int8 kernel
 """
 from __future__ import annotations
 
