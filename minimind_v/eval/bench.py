@@ -41,7 +41,7 @@ from ..train.optim import make_optimizer
 from ..train.trainer import TrainConfig, lm_loss, to_device
 from .bench_data import CutEncoder, EncodedRows, build_model, record, synthetic_samples, tokenizer_for
 from .decode_bench import bench_decode, inference_rss_of, weights_label, with_weights
-from .flops import device_name, flops_per_step, matmul_peak_tflops, summary
+from .flops import device_name, efficiency, flops_per_step, matmul_peak_tflops, summary
 from .memory import PeakMemory
 
 STAT_ROWS = 2000  # rows whose token counts are reported (all of them when grouping needs every length)
@@ -288,28 +288,6 @@ def _bench_training(o: BenchOptions, model: MiniMindVLM, tok: Any, device: torch
         r["peak_memory_mb"] = mem.read()
         res["train"][dt] = r
     return tok
-
-
-def efficiency(train: dict[str, Any], peaks: dict[str, float], source: str) -> dict[str, Any]:
-    """Per dtype trained: the model's achieved FLOP/s (median) as a share of the matmul peak of that same
-    precision; `_model` leaves the data phase out, as the trainer's DataLoader workers overlap it."""
-    out: dict[str, Any] = {}
-    for dt, r in train.items():
-        if dt not in peaks:
-            continue
-        got, got_model = r["achieved_tflops"]["median"], r["achieved_tflops_model"]["median"]
-        out[dt] = {"achieved_tflops": got, "achieved_tflops_model": got_model, "peak_tflops": round(peaks[dt], 6),
-                   "peak_source": source, "share_of_peak": round(got / peaks[dt], 4),
-                   "share_of_peak_model": round(got_model / peaks[dt], 4)}
-    return out
-
-
-def efficiency_lines(res: dict[str, Any]) -> list[str]:
-    """res["efficiency"] in words, one line per dtype."""
-    return [f"train {dt}: {e['achieved_tflops'] * 1e3:.1f} GFLOP/s achieved ({e['achieved_tflops_model'] * 1e3:.1f} "
-            f"without the data phase) = {e['share_of_peak']:.1%} ({e['share_of_peak_model']:.1%}) of the {dt} "
-            f"matmul peak, {e['peak_tflops'] * 1e3:.1f} GFLOP/s ({e['peak_source']})"
-            for dt, e in res.get("efficiency", {}).items()]
 
 
 def _bench_decoding(o: BenchOptions, model: MiniMindVLM, tok: Any, device: torch.device, dtypes: list[str],

@@ -172,7 +172,8 @@ def _evaluate_run(args: argparse.Namespace, run_dir: Path, items: list[dict[str,
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchOptions, efficiency_lines, run_benchmarks
+    from .bench import BenchOptions, run_benchmarks
+    from .flops import efficiency_lines
 
     result = run_benchmarks(options_from(BenchOptions, args))
     if "dtype_auto" in result:

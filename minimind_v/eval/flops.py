@@ -1,4 +1,5 @@
-"""What a step costs and what the device can do: FLOPs per training step, a measured matmul peak, summaries.
+"""What a step costs and what the device can do: FLOPs per training step, a measured matmul peak, summaries,
+and the achieved FLOP/s as a share of that peak.
 
 Model FLOPs count 6 per trainable parameter per token (forward + backward) for the decoder, 6 per vocabulary row
 per labelled token for the head (logits exist only where a label does), 6 per projector parameter per image
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -74,3 +76,25 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return machine()[0]
+
+
+def efficiency(train: dict[str, Any], peaks: dict[str, float], source: str) -> dict[str, Any]:
+    """Per dtype trained: the model's achieved FLOP/s (median) as a share of the matmul peak of that same
+    precision; `_model` leaves the data phase out, as the trainer's DataLoader workers overlap it."""
+    out: dict[str, Any] = {}
+    for dt, r in train.items():
+        if dt not in peaks:
+            continue
+        got, got_model = r["achieved_tflops"]["median"], r["achieved_tflops_model"]["median"]
+        out[dt] = {"achieved_tflops": got, "achieved_tflops_model": got_model, "peak_tflops": round(peaks[dt], 6),
+                   "peak_source": source, "share_of_peak": round(got / peaks[dt], 4),
+                   "share_of_peak_model": round(got_model / peaks[dt], 4)}
+    return out
+
+
+def efficiency_lines(res: dict[str, Any]) -> list[str]:
+    """res["efficiency"] in words, one line per dtype."""
+    return [f"train {dt}: {e['achieved_tflops'] * 1e3:.1f} GFLOP/s achieved ({e['achieved_tflops_model'] * 1e3:.1f} "
+            f"without the data phase) = {e['share_of_peak']:.1%} ({e['share_of_peak_model']:.1%}) of the {dt} "
+            f"matmul peak, {e['peak_tflops'] * 1e3:.1f} GFLOP/s ({e['peak_source']})"
+            for dt, e in res.get("efficiency", {}).items()]

@@ -19,8 +19,8 @@ from typing import Any, AsyncIterator, Callable
 from .admission import Admission, image_cost
 from .http_guard import BodyReader, require_json
 from .images import ImageError, ImageLimits, image_bytes, load_frames, load_pixels, open_image
-from .openai_protocol import (APIError, ChatRequest, RequestLimits, bad, chunk, completion_body, generation_args,
-                              new_id, parse_chat_request, usage)
+from .openai_protocol import APIError, ChatRequest, RequestLimits, bad, generation_args, parse_chat_request
+from .openai_responses import chunk, completion_body, new_id, usage
 
 log = logging.getLogger("minimind_v.server")
 

@@ -1,4 +1,5 @@
-"""The OpenAI chat-completions wire format: validate a request body, build response bodies and chunks.
+"""The OpenAI chat-completions wire format, requests: validate a body and turn it into our chat format (the
+response bodies and stream chunks are openai_responses.py).
 
 Validation is done by hand rather than by a pydantic model so that every mistake gets OpenAI's error shape,
 {"error": {"message", "type", "param", "code"}}, with `param` naming the exact field (e.g.
@@ -18,8 +19,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,32 +281,6 @@ def _content(content: Any, where: str, role: str, room: int) -> tuple[str, list[
     if not written:  # the markers go where the image parts stand
         texts = [IMAGE_MARKER if t is None else t for t in texts]
     return "\n".join(t for t in texts if t is not None), urls
-
-
-def completion_body(req_id: str, model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
-    return {"id": req_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish, "logprobs": None}],
-            "usage": usage}
-
-
-def chunk(req_id: str, model: str, delta: dict[str, str], finish: str | None = None,
-          usage: dict[str, int] | None = None) -> str:
-    """One server-sent event of a streamed answer."""
-    body: dict[str, Any] = {"id": req_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                            "model": model}
-    body["choices"] = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-    if usage:
-        body["usage"] = usage
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-
-def new_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
-
-
-def usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def generation_args(vlm: Any, req: ChatRequest, n_images: int, default_max_tokens: int) -> dict[str, Any]:

@@ -5,9 +5,10 @@
       "quickstart", "messages": [{"role": "user", "content": [{"type": "text", "text": "What color is it?"},
       {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}]}]}'
 
-Everything about the wire format lives in openai_protocol.py, about untrusted images in images.py, about what
-a request may cost in admission.py, about the HTTP edge in http_guard.py; chat_handler.py takes a request from
-its bytes to the model, off the event loop. This file makes the app and the command. No input gets a 500.
+Everything about the wire format lives in openai_protocol.py (requests) and openai_responses.py, about untrusted
+images in images.py, about what a request may cost in admission.py, about the HTTP edge in http_guard.py;
+chat_handler.py takes a request from its bytes to the model, off the event loop. This file makes the app and the
+command. No input gets a 500.
 `temperature` defaults to 0 (greedy) rather than OpenAI's 1: a small model answers best greedily.
 
 No `from __future__ import annotations` here: FastAPI reads the route functions' annotations (`Request`),
