@@ -78,8 +78,8 @@ def shape_table(tmp: Path) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, vcfg, proj_kind, llm_dim in _lineages(tmp):
         unmerged = VisionEncoder(dataclasses.replace(vcfg, merge=1)).eval()
-        merged = VisionEncoder(vcfg).eval()
-        merged.tower = unmerged.tower  # same weights: only the merge differs
+        # The same tower, built once: only the merge differs.
+        merged = VisionEncoder(vcfg, tower=(unmerged.tower, unmerged.processor)).eval()
         pixels = torch.zeros(1, 3, merged.image_size, merged.image_size)
         before, after = unmerged(pixels), merged(pixels)
         projected = Projector(proj_kind, merged.out_dim, llm_dim)(after)
