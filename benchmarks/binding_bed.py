@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from minimind_v.data.batches import PackCollate
 from minimind_v.data.chatmix import EVAL_STYLE, make_sample
 from minimind_v.data.encode import SampleEncoder
-from minimind_v.data.tokenizer import turn_start_id
+from minimind_v.config import ATTENTION_KINDS
+from minimind_v.data.tokenizer import attention_fields
 from minimind_v.device import machine
 from minimind_v.data.world import eval_seed, render, sample_scene, train_seed
 from minimind_v.data.world_vocab import COLORS
@@ -98,13 +99,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kinds", default="color", help='"color" (the one question) or a part of the SFT mix')
     p.add_argument("--images-last", action="store_true", help="each user turn's images after its words")
-    p.add_argument("--attention", default="causal", choices=["causal", "turn"], help="the fresh model's attention")
+    p.add_argument("--attention", default="causal", choices=ATTENTION_KINDS, help="the fresh model's attention")
     a = p.parse_args()
     name, flags = machine()
     print(f"CPU: {name}; flags: {' '.join(flags or []) or 'none of those the dtype probe reads'}")
     torch.manual_seed(0)
     base, tok = load_run(a.run)
-    cfg = dataclasses.replace(base.cfg, attention=a.attention, turn_start_id=turn_start_id(tok))
+    cfg = dataclasses.replace(base.cfg, **attention_fields(tok, a.attention))
     model = MiniMindVLM(cfg, vision=base.vision)  # fresh projector + LLM, the run's encoder
     apply_freeze(model, freeze_llm=0, train_vision=False)
     encode = SampleEncoder(tok, model.vision.preprocess, model.tokens_per_image, max_len=256)

@@ -20,12 +20,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from .arguments import device_name, positive_int
-from .config import IMAGE_MARKER, IMAGE_TOKEN, VisionConfig, VLMConfig, llm_preset, padded_vocab
+from .config import ATTENTION_KINDS, IMAGE_MARKER, IMAGE_TOKEN, VisionConfig, VLMConfig, llm_preset, padded_vocab
 from .data.batches import PackCollate
 from .data.chatmix import make_sample
 from .data.encode import SampleEncoder
 from .data.shapes_dataset import ShapesWorldDataset
-from .data.tokenizer import train_tokenizer, turn_start_id
+from .data.tokenizer import attention_fields, train_tokenizer
 from .data.world import STAGE_SEED_BLOCK, TOKENIZER_CORPUS_SEED
 from .device import pick_device, resolve_dtype
 from .eval.grid import draw_grid, pick_examples
@@ -117,8 +117,7 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
     tok = train_tokenizer(corpus(qs.tokenizer_samples), vocab_size=qs.vocab_size)
     vocab = padded_vocab(len(tok))
     cfg = VLMConfig(llm=llm_preset(qs.llm_preset, vocab_size=vocab), vision=dataclasses.replace(qs.vision),
-                    image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), attention=qs.attention,
-                    turn_start_id=turn_start_id(tok) if qs.attention == "turn" else -1)
+                    image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), **attention_fields(tok, qs.attention))
     model = MiniMindVLM(cfg)
     say(f"      vocab {len(tok)}; LLM {model.llm.num_parameters() / 1e6:.2f}M params; encoder "
         f"{sum(p.numel() for p in model.vision.parameters()) / 1e6:.2f}M; {model.tokens_per_image} tokens/image")
@@ -190,7 +189,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="autocast precision (default auto: bf16 where measured clearly faster, else fp32)")
     p.add_argument("--sft-steps", type=positive_int, default=None, help="override the SFT step count")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers rendering the data")
-    p.add_argument("--attention", default=None, choices=["causal", "turn"],
+    p.add_argument("--attention", default=None, choices=ATTENTION_KINDS,
                    help="causal (default, MiniMind-V) or turn: an image's tokens also read the question after them")
     p.add_argument("--seed", type=int, default=None,
                    help="training seed (default 0): initial weights and training scenes; the evaluation is unchanged")

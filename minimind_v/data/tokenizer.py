@@ -9,7 +9,7 @@ loads it without this package.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -85,6 +85,12 @@ def turn_start_id(tok: PreTrainedTokenizerFast) -> int:
     if tid is None or tid == tok.unk_token_id:
         raise ValueError(f"the tokenizer has no {BOS_TOKEN} token to find chat turns by; use --attention causal")
     return int(tid)
+
+
+def attention_fields(tok: PreTrainedTokenizerFast, attention: str) -> dict[str, Any]:
+    """VLMConfig's `attention` and `turn_start_id` for this tokenizer: the turn opener is looked up only for
+    "turn" attention (a tokenizer without one still builds a causal model)."""
+    return {"attention": attention, "turn_start_id": turn_start_id(tok) if attention == "turn" else -1}
 
 
 def save_tokenizer(tok: PreTrainedTokenizerFast, out_dir: str | Path) -> None:

@@ -5,6 +5,7 @@ Rows are encoded the way the trainer encodes them, except that a conversation lo
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -28,7 +29,7 @@ def build_model(preset: str, vision: str, projector: str, max_len: int, seed: in
 
     image_token_id: the placeholder's id in the tokenizer the rows are encoded with (default: ours, 3)."""
     llm = llm_preset(preset)
-    llm = llm_preset(preset, max_seq_len=max(llm.max_seq_len, max_len))
+    llm = dataclasses.replace(llm, max_seq_len=max(llm.max_seq_len, max_len))
     if vision == "scratch":
         vcfg = VisionConfig()
     else:

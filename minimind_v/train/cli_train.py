@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from ..config import IMAGE_MARKER, options_from
+from ..config import ATTENTION_KINDS, IMAGE_MARKER, options_from
 
 if TYPE_CHECKING:
     from .stage import StageOptions
@@ -82,7 +82,7 @@ def _add_stage_data_args(s: argparse.ArgumentParser, stage: str) -> None:
         s.add_argument("--vision-path", default=None, help="local folder of the pretrained encoder")
         s.add_argument("--merge", type=int, default=1, help="k x k pixel-shuffle token merge (1 = off)")
         s.add_argument("--projector", default=None, choices=["linear", "mlp"], help="override the recipe's")
-        s.add_argument("--attention", default="causal", choices=["causal", "turn"],
+        s.add_argument("--attention", default="causal", choices=ATTENTION_KINDS,
                        help="causal (MiniMind-V) or turn: a user turn's image and words see each other")
         s.add_argument("--freeze-llm", type=int, default=None, choices=[0, 1, 2],
                        help="0: whole LLM trains; 1: first + last layer; 2: projector only")

@@ -25,7 +25,7 @@ from ..data.encode import SampleEncoder
 from ..data.feature_cache import CachedSampleEncoder, FeatureCache, FeatureFiller, encoder_key
 from ..data.formats import SampleReader
 from ..data.robust import RowDataset, SkipCollate, TextEncoder
-from ..data.tokenizer import load_tokenizer, turn_start_id
+from ..data.tokenizer import attention_fields, load_tokenizer
 from ..device import DtypeChoice, pick_device, resolve_dtype
 from ..model.checkpoint import load_llm_weights, load_run, save_llm_run, save_run
 from ..model.lora import LoraConfig, apply_lora, base_hash, save_adapter
@@ -137,7 +137,7 @@ def build_model(opts: StageOptions, say: Callable[[str], None]) -> tuple[torch.n
     image_id = placeholder_id(tok, image_token)
     cfg = VLMConfig(llm=llm_cfg, vision=recipe.vision_config(str(Path(opts.vision_path).resolve()), opts.merge),
                     projector=opts.projector or recipe.projector, image_token=image_token, image_token_id=image_id,
-                    attention=opts.attention, turn_start_id=turn_start_id(tok) if opts.attention == "turn" else -1)
+                    **attention_fields(tok, opts.attention))
     model = MiniMindVLM(cfg)
     load_llm_weights(model.llm, weights, opts.from_llm)
     if model.tokens_per_image != recipe.tokens(opts.merge):
