@@ -49,7 +49,9 @@ class QuickstartConfig:
     vision_steps: int = 350
     vision_batch: int = 64
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, batch_size=32, lr=2e-3, warmup=20))
-    sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1300, batch_size=32, lr=2e-3, warmup=50))
+    # ground_weight: one head learns where a binding question's object is (train/grounding.py)
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1300, batch_size=32, lr=2e-3, warmup=50,
+                                                                 ground_weight=1.0))
     max_len: int = 256
     # "turn" lets an image's tokens read the question after them (config.VLMConfig.attention). In this recipe it did
     # not lift the binding kinds and lowered count_color (docs/quickstart.md), so the default stays MiniMind-V's.
@@ -67,7 +69,8 @@ QUICKSTART_PRESETS: dict[str, QuickstartConfig] = {
         llm_preset="shapes-tiny", vocab_size=512, tokenizer_samples=300,
         vision=VisionConfig(kind="cnn", image_size=48, width=32, layers=1, merge=1),
         vision_steps=5, vision_batch=16,
-        pretrain=TrainConfig(steps=5, batch_size=8, lr=2e-3), sft=TrainConfig(steps=10, batch_size=8, lr=2e-3),
+        pretrain=TrainConfig(steps=5, batch_size=8, lr=2e-3),
+        sft=TrainConfig(steps=10, batch_size=8, lr=2e-3, ground_weight=1.0),
         eval_per_kind=2, eval_digits=20, workers=0),
 }
 

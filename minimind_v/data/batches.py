@@ -42,6 +42,14 @@ def gather_images(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def gather_ground(samples: list[dict[str, Any]], places: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """The samples' grounding pairs (grounding.py) as one [n, 3] tensor of (row, query, key), each sample's
+    positions shifted to where `places` (row, offset) put it; nothing when no sample has any."""
+    parts = [torch.cat([torch.full_like(s["ground"][:, :1], r), s["ground"] + o], 1)
+             for s, (r, o) in zip(samples, places) if "ground" in s]
+    return {"ground": torch.cat(parts)} if parts else {}
+
+
 @dataclass
 class PadCollate:
     """Right-pad to the longest sample of the batch (`pad_to`: to a fixed length, as the reference does)."""
@@ -59,7 +67,8 @@ class PadCollate:
         for i, s in enumerate(samples):
             t = len(s["input_ids"])
             input_ids[i, :t], labels[i, :t], attention_mask[i, :t] = s["input_ids"], s["labels"], 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, **gather_images(samples)}
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, **gather_images(samples),
+                **gather_ground(samples, [(i, 0) for i in range(n)])}
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -95,16 +104,19 @@ class PackCollate:
         input_ids = torch.full((n, width), pad, dtype=torch.long)
         labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
         doc_ids = torch.full((n, width), -1, dtype=torch.long)  # padding is a document of its own
+        places = []  # (row, offset) of each sample, in bin order
         for r, b in enumerate(bins):
             t = 0
             for d, i in enumerate(b):
+                places.append((r, t))
                 ids, lab = samples[i]["input_ids"], samples[i]["labels"].clone()
                 lab[0] = IGNORE_INDEX  # nothing before a sample's first token belongs to it
                 input_ids[r, t:t + len(ids)], labels[r, t:t + len(ids)], doc_ids[r, t:t + len(ids)] = ids, lab, d
                 t += len(ids)
         ordered = [samples[i] for b in bins for i in b]
         return {"input_ids": input_ids, "labels": labels, "doc_ids": doc_ids,
-                "attention_mask": (doc_ids >= 0).long(), **gather_images(ordered)}
+                "attention_mask": (doc_ids >= 0).long(), **gather_images(ordered),
+                **gather_ground(ordered, places)}
 
 
 def collate(batch: list[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, torch.Tensor]:

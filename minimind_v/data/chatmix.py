@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from ..config import IMAGE_MARKER
 from .balanced import CYCLES, absent_qa, balanced_qa
 from .digits import digit_qa, load_digit_split, render_digit
+from .grounding import question_objects
 from .motion import DIRECTIONS, TRAIN_FRAMES, motion_answer, motion_question, render_clip, sample_clip
 from .wording import question as worded
 from .world import EVAL_KIND_SEED_BLOCK, eval_seed, render, sample_scene, sample_scene_pair, train_seed
@@ -82,7 +83,13 @@ def _dialogue(rng: random.Random, size: int, w: MixWeights) -> dict:
         chosen.insert(rng.randint(0, len(chosen)), qa)
     if w.follow_up < 1 and rng.random() >= w.follow_up:  # (no draw at 1: the default stream stays as it was)
         chosen = chosen[:1]
-    return {"conversations": _turns(chosen, rng, w.canonical, 1), "images": [render(scene, size, rng, jitter=True)]}
+    conv = _turns(chosen, rng, w.canonical, 1)
+    return {"conversations": conv, "images": [render(scene, size, rng, jitter=True)], "ground": _ground(chosen, conv)}
+
+
+def _ground(qas: list[QA], conv: list[dict]) -> list[tuple[int, int, int]]:
+    """(answer turn, image, cell) of the objects each kept question is about (data/grounding.py)."""
+    return [(t, i, cell) for t, qa in enumerate(qas[:len(conv) // 2]) for i, cell in question_objects(qa)]
 
 
 _ABSENT = ("color", "shape", "position:near", "size:near", "position:far", "size:far")
@@ -97,8 +104,9 @@ def _two_image(rng: random.Random, size: int, w: MixWeights) -> dict:
         first, (a, b) = [], sample_scene_pair(srng, share=True)
     qas = [qa for qa in two_image_questions(a, b, rng) if not first or qa.kind != first[0].kind]
     chosen = first + rng.sample(qas, rng.randint(1 - len(first), len(qas)))
-    return {"conversations": _turns(chosen, rng, w.canonical, 2),
-            "images": [render(a, size, rng, jitter=True), render(b, size, rng, jitter=True)]}
+    conv = _turns(chosen, rng, w.canonical, 2)
+    return {"conversations": conv, "images": [render(a, size, rng, jitter=True), render(b, size, rng, jitter=True)],
+            "ground": _ground(chosen, conv)}
 
 
 def _digit(rng: random.Random, size: int, w: MixWeights) -> dict:

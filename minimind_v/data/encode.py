@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..config import IMAGE_TOKEN
 from .chat import count_markers, encode_conversation
+from .grounding import answer_targets
 
 
 @dataclass
@@ -36,4 +37,8 @@ class SampleEncoder:
         out = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
         if images:
             out["pixel_values"] = self.preprocess(images)
+        if sample.get("ground"):  # where each answer should look (grounding.py), as token positions
+            image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+            out["ground"] = answer_targets(out["input_ids"], out["labels"], sample["ground"], image_id,
+                                           self.tokens_per_image)
         return out

@@ -25,6 +25,7 @@ from ..data.chat import IGNORE_INDEX
 from ..data.robust import SkipTally
 from ..device import autocast
 from .distributed import Dist
+from .grounding import grounding_loss, layer_input
 from .metrics_log import MetricsLog
 from .optim import lr_at, make_optimizer
 from .resume import STATE_FILE, CtrlCGuard, Start, resume_step, rng_state, save_state
@@ -48,14 +49,22 @@ class TrainConfig:
     lr_vision: float = 0.0
     save_every: int = 0  # optimizer steps between resumable checkpoints (0: only at the end / on Ctrl-C)
     compile: bool = False  # torch.compile each decoder block
+    # Grounding (grounding.py): batches that carry "ground" pairs also train one attention head to look at the
+    # objects a question is about; the loss, times this weight, joins the auxiliary loss. 0 turns it off.
+    ground_weight: float = 0.0
+    ground_layer: int = -1  # which decoder layer's head; -1: the middle one (n_layers // 2)
 
 
 class LossModule(nn.Module):
     """model + batch -> (sum of token losses, number of labelled tokens, MoE aux loss). DDP wraps this."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, ground_weight: float = 0.0, ground_layer: int = -1):
         super().__init__()
         self.model = model
+        self.ground_weight, self.ground_attn = ground_weight, None
+        if ground_weight:
+            layers = model.llm.layers
+            self.ground_attn = layers[len(layers) // 2 if ground_layer < 0 else ground_layer].attn
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = self.model
@@ -66,7 +75,9 @@ class LossModule(nn.Module):
             pixels = None
         # Right-padded or packed batches need no attention_mask: causal attention (per document when packed)
         # already keeps real tokens blind to what follows them, and SDPA stays on its fast kernels.
-        out = m(batch["input_ids"], pixels, logits_to_keep=1, **kw)
+        ground = batch.get("ground") if self.ground_attn is not None else None
+        with layer_input(self.ground_attn) if ground is not None else contextlib.nullcontext() as seen:
+            out = m(batch["input_ids"], pixels, logits_to_keep=1, **kw)
         targets = batch["labels"][:, 1:]
         keep = targets != IGNORE_INDEX
         logits = m.llm.lm_head(out.hidden[:, :-1][keep]).float()
@@ -75,7 +86,10 @@ class LossModule(nn.Module):
         if projector is not None and "image_embeds" not in kw and (pixels is None or not len(pixels)):
             # A text-only batch leaves the projector without a gradient, which DDP would wait for forever.
             loss_sum = loss_sum + sum(p.sum() for p in projector.parameters() if p.requires_grad) * 0.0
-        return loss_sum, keep.sum(), out.aux_loss
+        aux = out.aux_loss
+        if ground is not None and len(ground):
+            aux = aux + self.ground_weight * grounding_loss(self.ground_attn, seen, ground, batch.get("doc_ids"))
+        return loss_sum, keep.sum(), aux
 
 
 def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,9 +175,9 @@ class Stepper:
         return loss_sum, aux_sum, gnorm
 
 
-def loss_step_fn(model: nn.Module, device: torch.device, dist: Dist) -> nn.Module:
+def loss_step_fn(model: nn.Module, device: torch.device, dist: Dist, cfg: TrainConfig | None = None) -> nn.Module:
     """The loss module, wrapped in DDP when several processes train."""
-    step_fn: nn.Module = LossModule(model)
+    step_fn: nn.Module = LossModule(model, *((cfg.ground_weight, cfg.ground_layer) if cfg else ()))
     if dist.enabled:
         moe = model.llm.cfg.n_experts > 0  # experts a batch did not route to get no gradient
         step_fn = nn.parallel.DistributedDataParallel(
@@ -217,7 +231,7 @@ def train(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: Tra
     start = (resume_step(state_path, model, opt, scaler, stage, cfg.batch_size, cfg.accum, dist, tally)
              if resume else Start())
     feed = Feed(batches, start.samples, cfg.batch_size * dist.world, tally)
-    step_once = Stepper(model, loss_step_fn(model, device, dist), opt, scaler, cfg, dist, device)
+    step_once = Stepper(model, loss_step_fn(model, device, dist, cfg), opt, scaler, cfg, dist, device)
     log = MetricsLog(metrics_path if dist.main else None, to=log_to if dist.main else "",
                      log_dir=run_dir, run_name=stage, config=asdict(cfg))
     meter = Meter(stage)
