@@ -141,10 +141,16 @@ class VLMConfig:
     # prefix-LM, as PaliGemma does); the answers stay causal. The model finds turns by turn_start_id.
     attention: str = "causal"
     turn_start_id: int = -1  # the token that opens every chat turn (<|im_start|>); "turn" attention needs it
+    # Learned embeddings added to the tokens of a sample's 1st, 2nd, ... image (the last one also serves every
+    # later image). Without them an image token says what is there, not which image it belongs to, so an answer
+    # that found the object still cannot say "the second image". 0: none, as in MiniMind-V.
+    image_slots: int = 0
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.image_slots < 0:
+            raise ValueError(f"image_slots must be >= 0, got {self.image_slots}")
         if self.attention == "turn" and self.turn_start_id < 0:
             raise ValueError('attention="turn" needs turn_start_id, the id of the token that opens a chat turn')
 

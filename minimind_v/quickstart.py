@@ -56,6 +56,7 @@ class QuickstartConfig:
     # "turn" lets an image's tokens read the question after them (config.VLMConfig.attention). In this recipe it did
     # not lift the binding kinds and lowered count_color (docs/quickstart.md), so the default stays MiniMind-V's.
     attention: str = "causal"
+    image_slots: int = 8  # which image / frame a token belongs to (config.VLMConfig); clips have up to 5 frames
     eval_per_kind: int = 50
     eval_digits: int = 360  # the whole held-out digit split
     workers: int = 1
@@ -120,7 +121,8 @@ def run_quickstart(out: str | Path, qs: QuickstartConfig, device: str = "auto", 
     tok = train_tokenizer(corpus(qs.tokenizer_samples), vocab_size=qs.vocab_size)
     vocab = padded_vocab(len(tok))
     cfg = VLMConfig(llm=llm_preset(qs.llm_preset, vocab_size=vocab), vision=dataclasses.replace(qs.vision),
-                    image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), **attention_fields(tok, qs.attention))
+                    image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), image_slots=qs.image_slots,
+                    **attention_fields(tok, qs.attention))
     model = MiniMindVLM(cfg)
     say(f"      vocab {len(tok)}; LLM {model.llm.num_parameters() / 1e6:.2f}M params; encoder "
         f"{sum(p.numel() for p in model.vision.parameters()) / 1e6:.2f}M; {model.tokens_per_image} tokens/image")

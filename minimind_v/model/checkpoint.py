@@ -22,9 +22,9 @@ from .vlm import MiniMindVLM
 
 
 def weights_state_dict(model: MiniMindVLM) -> dict[str, torch.Tensor]:
-    """LLM + projector, contiguous, with the tied head dropped (it is the embedding)."""
-    sd = {f"llm.{k}": v for k, v in model.llm.state_dict().items()}
-    sd.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
+    """LLM + projector (+ image slots), contiguous, with the tied head dropped (it is the embedding); the
+    encoder is saved on its own (runs.write_vlm_run)."""
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("vision.")}
     if model.cfg.llm.tie_embeddings:
         sd.pop("llm.lm_head.weight", None)
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}

@@ -33,6 +33,9 @@ class MiniMindVLM(nn.Module):
         self.llm = MiniMindLM(cfg.llm)
         self.vision = vision if vision is not None else VisionEncoder(cfg.vision)
         self.projector = Projector(cfg.projector, self.vision.out_dim, cfg.llm.dim)
+        self.image_slot = nn.Embedding(cfg.image_slots, cfg.llm.dim) if cfg.image_slots else None
+        if self.image_slot is not None:
+            nn.init.zeros_(self.image_slot.weight)  # starts as the plain splice
 
     @property
     def tokens_per_image(self) -> int:
@@ -51,8 +54,10 @@ class MiniMindVLM(nn.Module):
     def projector_dtype(self) -> torch.dtype:
         return next(self.projector.parameters()).dtype
 
-    def splice(self, input_ids: torch.Tensor, embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        """Replace placeholder embeddings by image features, image k of the batch into the k-th run."""
+    def splice(self, input_ids: torch.Tensor, embeds: torch.Tensor, image_embeds: torch.Tensor,
+               doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Replace placeholder embeddings by image features, image k of the batch into the k-th run (plus the
+        embedding of its place among its sample's images, with `image_slots`)."""
         mask = input_ids == self.cfg.image_token_id
         n_slots, n_feats = int(mask.sum()), image_embeds.shape[0] * image_embeds.shape[1]
         if n_slots != n_feats:
@@ -61,8 +66,11 @@ class MiniMindVLM(nn.Module):
                 f"the prompt has {n_slots} image placeholder tokens ({n_slots / per_image:g} images' worth) "
                 f"but {image_embeds.shape[0]} images were given ({per_image} tokens each); write exactly one "
                 f"image marker per image")
-        feats = image_embeds.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
-        return embeds.masked_scatter(mask.unsqueeze(-1), feats)
+        feats = image_embeds.reshape(-1, embeds.shape[-1])
+        if self.image_slot is not None:
+            nth = image_ordinals(mask, image_embeds.shape[1], doc_ids).clamp(max=self.cfg.image_slots - 1)
+            feats = feats + self.image_slot(nth).to(feats.dtype)
+        return embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, *,
                 image_embeds: torch.Tensor | None = None, **llm_kwargs) -> LMOutput:
@@ -75,7 +83,7 @@ class MiniMindVLM(nn.Module):
         if pixel_values is not None and image_embeds is None and pixel_values.shape[0] > 0:
             image_embeds = self.encode_images(pixel_values)
         if image_embeds is not None:
-            embeds = self.splice(input_ids, embeds, image_embeds)
+            embeds = self.splice(input_ids, embeds, image_embeds, llm_kwargs.get("doc_ids"))
         elif llm_kwargs.get("cache") is None or llm_kwargs["cache"].length == 0:
             n_slots = int((input_ids == self.cfg.image_token_id).sum())
             if n_slots:
@@ -83,6 +91,17 @@ class MiniMindVLM(nn.Module):
         if self.cfg.attention == "turn" and image_embeds is not None:  # only a chunk with images has image turns
             llm_kwargs["blocks"] = image_turns(input_ids, self.cfg.turn_start_id, self.cfg.image_token_id)
         return self.llm(inputs_embeds=embeds, **llm_kwargs)
+
+
+def image_ordinals(is_image: torch.Tensor, per_image: int, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """For every image token of [B, T] `is_image`, in reading order: which image of its sample it belongs to
+    (0, 1, ...). A sample is a row, or a document of a packed row (`doc_ids`)."""
+    seen = is_image.long().cumsum(dim=1)  # image tokens up to and including this one
+    if doc_ids is not None:  # count from the start of each document
+        starts = torch.ones_like(is_image)
+        starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+        seen = seen - torch.where(starts, seen - is_image.long(), 0).cummax(dim=1).values
+    return ((seen - 1) // per_image)[is_image]
 
 
 def image_turns(input_ids: torch.Tensor, turn_start_id: int, image_token_id: int) -> torch.Tensor:

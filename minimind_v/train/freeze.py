@@ -39,6 +39,8 @@ def apply_freeze(model: nn.Module, freeze_llm: int, train_vision: bool | int = F
         llm.layers[0].requires_grad_(True)
         llm.layers[-1].requires_grad_(True)
     model.projector.requires_grad_(True)
+    if getattr(model, "image_slot", None) is not None:  # which image a token belongs to: part of the image side
+        model.image_slot.requires_grad_(True)
     model.vision.requires_grad_(bool(train_vision))
     if train_vision is not True and train_vision > 0:
         _train_last_layers(model.vision, int(train_vision))

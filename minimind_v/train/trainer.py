@@ -85,7 +85,8 @@ class LossModule(nn.Module):
         projector = getattr(m, "projector", None)
         if projector is not None and "image_embeds" not in kw and (pixels is None or not len(pixels)):
             # A text-only batch leaves the projector without a gradient, which DDP would wait for forever.
-            loss_sum = loss_sum + sum(p.sum() for p in projector.parameters() if p.requires_grad) * 0.0
+            slots = m.image_slot.parameters() if getattr(m, "image_slot", None) is not None else []
+            loss_sum = loss_sum + sum(p.sum() for p in [*projector.parameters(), *slots] if p.requires_grad) * 0.0
         aux = out.aux_loss
         if ground is not None and len(ground):
             aux = aux + self.ground_weight * grounding_loss(self.ground_attn, seen, ground, batch.get("doc_ids"))
