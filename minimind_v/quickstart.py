@@ -51,7 +51,7 @@ class QuickstartConfig:
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, batch_size=32, lr=2e-3, warmup=20))
     # ground_weight: one head learns where a binding question's object is (train/grounding.py)
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1300, batch_size=32, lr=2e-3, warmup=50,
-                                                                 ground_weight=1.0))
+                                                                 ground_weight=1.0, ground_heads=(0, 2)))
     max_len: int = 256
     # "turn" lets an image's tokens read the question after them (config.VLMConfig.attention). In this recipe it did
     # not lift the binding kinds and lowered count_color (docs/quickstart.md), so the default stays MiniMind-V's.

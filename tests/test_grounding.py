@@ -12,7 +12,7 @@ from minimind_v.config import LLMConfig
 from minimind_v.data.batches import PackCollate, PadCollate
 from minimind_v.data.chat import IGNORE_INDEX
 from minimind_v.data.chatmix import make_sample
-from minimind_v.data.grounding import answer_targets, question_objects
+from minimind_v.data.grounding import NOWHERE, answer_targets, question_objects
 from minimind_v.data.world import Obj, Scene
 from minimind_v.data.world_text import ask, ask_two, make_qa
 from minimind_v.model import llm as llm_module
@@ -31,7 +31,10 @@ SCENE = Scene((obj("circle", "red", 0, 0), obj("square", "red", 1, 2), obj("circ
 def test_each_binding_kind_points_at_the_objects_it_names():
     assert question_objects(make_qa("color", "red", (SCENE,), shape="square")) == [(0, 5)]
     assert question_objects(make_qa("shape", "circle", (SCENE,), color="blue")) == [(0, 7)]
-    assert question_objects(make_qa("count_color", "2", (SCENE,), color="red", what="red shape")) == [(0, 0), (0, 5)]
+    # a count also looks at "nowhere", so that the share left there says how many (and 0 is all of it)
+    assert question_objects(make_qa("count_color", "2", (SCENE,), color="red", what="red shape")) == \
+        [(0, 0), (0, 5), NOWHERE]
+    assert question_objects(make_qa("count_color", "0", (SCENE,), color="green", what="green shape")) == [NOWHERE]
     for kind, key in (("position", "center right"), ("size", "small"), ("exists", "yes")):
         assert question_objects(make_qa(kind, key, (SCENE,), color="blue", shape="circle")) == [(0, 7)], kind
     other = Scene((obj("circle", "blue", 0, 1), obj("cross", "green", 2, 2)))
@@ -40,12 +43,15 @@ def test_each_binding_kind_points_at_the_objects_it_names():
     assert question_objects(make_qa("which_has", "first", (SCENE, other), color="red", shape="square")) == [(0, 5)]
 
 
-def test_questions_about_nothing_in_particular_or_missing_objects_point_nowhere():
+def test_missing_objects_point_nowhere_and_general_questions_point_at_nothing():
     rng = random.Random(0)
-    assert question_objects(ask("count", SCENE, rng)) == []
-    assert question_objects(ask("caption", SCENE, rng)) == []
-    assert question_objects(ask("exists", SCENE, rng, want="no")) == []
+    assert question_objects(ask("exists", SCENE, rng, want="no")) == [NOWHERE]
+    assert question_objects(make_qa("absent", "cross", (SCENE,), ask="color", shape="cross")) == [NOWHERE]
     other = Scene((obj("cross", "green", 2, 2),))
+    assert question_objects(make_qa("both_have", "no", (SCENE, other), color="green", shape="square",
+                                    only="")) == [NOWHERE]
+    assert question_objects(ask("count", SCENE, rng)) == []  # about everything, or about no object at all
+    assert question_objects(ask("caption", SCENE, rng)) == []
     assert question_objects(ask_two("compare_count", SCENE, other, rng)) == []
 
 
@@ -74,6 +80,11 @@ def test_finer_grids_cover_a_cell_with_several_tokens_and_a_second_image_is_foun
     pairs = answer_targets(ids, labels, [(0, 1, 8)], image_token_id=3, tokens_per_image=36).tolist()
     second = 1 + 37  # the second image's first token
     assert sorted(k for _, k in pairs) == [second + r * 6 + c for r in (4, 5) for c in (4, 5)]
+
+
+def test_nowhere_is_the_samples_first_token():
+    ids, labels = _sample(9, answers=[1])
+    assert answer_targets(ids, labels, [(0, *NOWHERE)], 3, 9).tolist() == [[10, 0]]
 
 
 def test_cut_turns_are_skipped_and_odd_grids_refused():
@@ -109,10 +120,12 @@ def test_the_mix_carries_grounding_and_batches_keep_it_on_the_right_tokens(tiny_
         batch = collate(samples)
         rows, q, k = batch["ground"].unbind(1)
         assert len(rows) == sum(len(s["ground"]) for s in grounded)
-        assert (batch["input_ids"][rows, k] == image_id).all()
+        docs = batch.get("doc_ids", torch.zeros_like(batch["input_ids"]))
+        first = (k == 0) | (docs[rows, k] != docs[rows, (k - 1).clamp(min=0)])  # a sample's first token: nowhere
+        assert ((batch["input_ids"][rows, k] == image_id) | first).all()
+        assert (batch["input_ids"][rows, k] == image_id).any() and first.any()
         assert (batch["labels"][rows, q + 1] != IGNORE_INDEX).all()
-        if "doc_ids" in batch:
-            assert (batch["doc_ids"][rows, q] == batch["doc_ids"][rows, k]).all()
+        assert (docs[rows, q] == docs[rows, k]).all()
 
 
 def _attention_probs(model: MiniMindLM, layer: int, ids: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
@@ -148,10 +161,15 @@ def test_the_loss_is_minus_log_the_heads_attention_on_the_targets(head, packed):
     ground = torch.tensor([[0, 14, 9], [0, 14, 11], [1, 5, 2], [1, 19, 0]])  # query 14 has two targets
     with torch.no_grad(), layer_input(model.layers[1].attn) as seen:
         model(ids, doc_ids=doc_ids)
-        loss = grounding_loss(model.layers[1].attn, seen, ground, doc_ids, head=head)
-        p = _attention_probs(model, 1, ids, doc_ids)[:, head]
-    expected = -torch.stack([(p[0, 14, 9] + p[0, 14, 11]).log(), p[1, 5, 2].log(), p[1, 19, 0].log()]).mean()
-    assert torch.allclose(loss, expected, atol=1e-5), (loss, expected)
+        loss = grounding_loss(model.layers[1].attn, seen, ground, doc_ids, heads=(head,))
+        both = grounding_loss(model.layers[1].attn, seen, ground, doc_ids, heads=(head, 0))
+        probs = _attention_probs(model, 1, ids, doc_ids)
+
+    def expected(p):  # query 14's two targets share its weight equally
+        return -torch.stack([(p[0, 14, 9].log() + p[0, 14, 11].log()) / 2, p[1, 5, 2].log(), p[1, 19, 0].log()]).mean()
+
+    torch.testing.assert_close(loss, expected(probs[:, head]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both, (expected(probs[:, head]) + expected(probs[:, 0])) / 2, atol=1e-5, rtol=1e-5)
     assert not model.layers[1].attn._forward_pre_hooks  # the hook is gone once the block ends
 
 

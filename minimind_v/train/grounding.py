@@ -6,8 +6,8 @@ bed (benchmarks/binding_bed.py) none formed in 4,000 steps. With this loss it fo
 answer is written, one head of one middle layer is trained to put its attention on the tokens of the cells that
 hold the question's objects (data/grounding.py says which; `batch["ground"]` holds (row, query, key) positions).
 
-The loss is the negative log of the attention mass that head gives the target tokens, averaged over the answer
-positions, recomputed from the layer's own input so the model's code stays as it is (a forward pre-hook keeps the
+The loss is the cross-entropy between the head's attention and the targets (shared equally when there are several),
+averaged over the answer positions and the heads, recomputed from the layer's own input so the model's code stays as it is (a forward pre-hook keeps the
 input while the model runs). Its value is added to the auxiliary loss, weighted by TrainConfig.ground_weight.
 """
 from __future__ import annotations
@@ -44,11 +44,18 @@ def _head_rows(proj: nn.Linear, head: int, head_dim: int) -> tuple[Tensor, Tenso
 
 
 def grounding_loss(attn: nn.Module, seen: dict[str, Tensor], ground: Tensor, doc_ids: Tensor | None,
-                   head: int = 0) -> Tensor:
-    """Mean over the supervised queries of -log(attention of `head` on that query's target keys).
+                   heads: tuple[int, ...] = (0,)) -> Tensor:
+    """Mean over `heads` and the supervised queries of the cross-entropy between each head's attention and the
+    query's targets, shared equally: -mean over targets of log(attention on the target).
 
-    ground: [n, 3] (row, query position, key position); a query with several targets (every red shape of "How
-    many red shapes?") is right when its attention mass on them together is 1."""
+    ground: [n, 3] (row, query position, key position). Equal shares matter where a query has several targets:
+    "How many red shapes?" looks at every red shape and at the sample's first token alike, so the share left on
+    that token (1 / (n + 1)) says how many there are."""
+    return torch.stack([_head_loss(attn, seen, ground, doc_ids, h) for h in heads]).mean()
+
+
+def _head_loss(attn: nn.Module, seen: dict[str, Tensor], ground: Tensor, doc_ids: Tensor | None,
+               head: int) -> Tensor:
     x, cos, sin = seen["x"], seen["cos"], seen["sin"]
     d = attn.head_dim
     queries, which = torch.unique(ground[:, :2], dim=0, return_inverse=True)
@@ -67,6 +74,5 @@ def grounding_loss(attn: nn.Module, seen: dict[str, Tensor], ground: Tensor, doc
     target = torch.zeros_like(visible)
     target[which, ground[:, 2]] = True
     target &= visible
-    lost = torch.finfo(scores.dtype).min
-    return (torch.logsumexp(scores.masked_fill(~visible, lost), -1)
-            - torch.logsumexp(scores.masked_fill(~target, lost), -1)).mean()
+    log_p = scores - torch.logsumexp(scores.masked_fill(~visible, torch.finfo(scores.dtype).min), -1, keepdim=True)
+    return -((log_p * target).sum(-1) / target.sum(-1).clamp(min=1)).mean()

@@ -52,16 +52,18 @@ class TrainConfig:
     # Grounding (grounding.py): batches that carry "ground" pairs also train one attention head to look at the
     # objects a question is about; the loss, times this weight, joins the auxiliary loss. 0 turns it off.
     ground_weight: float = 0.0
-    ground_layer: int = -1  # which decoder layer's head; -1: the middle one (n_layers // 2)
+    ground_layer: int = -1  # which decoder layer's heads; -1: the middle one (n_layers // 2)
+    ground_heads: tuple[int, ...] = (0,)  # heads of different kv groups read different values: more room
 
 
 class LossModule(nn.Module):
     """model + batch -> (sum of token losses, number of labelled tokens, MoE aux loss). DDP wraps this."""
 
-    def __init__(self, model: nn.Module, ground_weight: float = 0.0, ground_layer: int = -1):
+    def __init__(self, model: nn.Module, ground_weight: float = 0.0, ground_layer: int = -1,
+                 ground_heads: tuple[int, ...] = (0,)):
         super().__init__()
         self.model = model
-        self.ground_weight, self.ground_attn = ground_weight, None
+        self.ground_weight, self.ground_heads, self.ground_attn = ground_weight, tuple(ground_heads), None
         if ground_weight:
             layers = model.llm.layers
             self.ground_attn = layers[len(layers) // 2 if ground_layer < 0 else ground_layer].attn
@@ -89,7 +91,8 @@ class LossModule(nn.Module):
             loss_sum = loss_sum + sum(p.sum() for p in [*projector.parameters(), *slots] if p.requires_grad) * 0.0
         aux = out.aux_loss
         if ground is not None and len(ground):
-            aux = aux + self.ground_weight * grounding_loss(self.ground_attn, seen, ground, batch.get("doc_ids"))
+            aux = aux + self.ground_weight * grounding_loss(self.ground_attn, seen, ground, batch.get("doc_ids"),
+                                                            self.ground_heads)
         return loss_sum, keep.sum(), aux
 
 
@@ -178,7 +181,7 @@ class Stepper:
 
 def loss_step_fn(model: nn.Module, device: torch.device, dist: Dist, cfg: TrainConfig | None = None) -> nn.Module:
     """The loss module, wrapped in DDP when several processes train."""
-    step_fn: nn.Module = LossModule(model, *((cfg.ground_weight, cfg.ground_layer) if cfg else ()))
+    step_fn: nn.Module = LossModule(model, *((cfg.ground_weight, cfg.ground_layer, cfg.ground_heads) if cfg else ()))
     if dist.enabled:
         moe = model.llm.cfg.n_experts > 0  # experts a batch did not route to get no gradient
         step_fn = nn.parallel.DistributedDataParallel(
