@@ -168,14 +168,16 @@ def test_confusion_summary_and_unseen_table():
     ev = {"summary": summarise(rows, "canonical"), "unseen": summarise(rows, "unseen"), "confusion": conf}
     assert ev["summary"]["color"] == {"n": 4, "score": 0.25} and ev["unseen"]["color"] == {"n": 2, "score": 0.5}
     md = report_markdown(ev)
-    assert "| color | 2 | 0.250 | 0.500 |" in md and "| mean over kinds (target 0.85) |  |  | 0.500 |" in md
+    assert "| color | 2 | 0.250 | 0.500 |" in md
+    assert "| mean over the kinds with a target (target 0.85) |  |  | 0.500 |" in md
     assert "blue -> unparsed" in md
 
 
 def test_across_runs_mean_and_minimum():
     from minimind_v.eval.across_runs import across_runs, across_runs_markdown
     reports = {f"seed{i}": {"summary": {"color": {"n": 4, "score": s}, "count": {"n": 4, "score": 1.0}},
-                            "unseen": {"color": {"n": 4, "score": s / 2}, "caption": {"n": 4, "score": 0.9}}}
+                            "unseen": {"color": {"n": 4, "score": s / 2}, "caption": {"n": 4, "score": 0.9},
+                                       "motion": {"n": 4, "score": 0.0}}}  # motion has no target
                for i, s in enumerate((1.0, 0.5, 0.75))}
     summary = across_runs(reports)
     assert summary["runs"] == ["seed0", "seed1", "seed2"]
@@ -187,7 +189,10 @@ def test_across_runs_mean_and_minimum():
     assert "| color | 4 | 1.000 | 0.500 | 0.750 | 0.750 | 0.500 | 0.95 | no |" in md
     assert "| count | 4 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 0.90 | yes |" in md
     assert "| caption | 4 | 0.900 | 0.900 | 0.900 | 0.900 | 0.900 | 0.85 | yes |" in md
-    assert "| mean over kinds |  | 0.700 | 0.575 |" in md and md.rstrip().endswith("| 0.575 | 0.85 | no |")
+    assert "| mean over the kinds with a target |  | 0.700 | 0.575 |" in md
+    assert summary["unseen_mean_all"]["scores"] == pytest.approx([1.4 / 3, 1.15 / 3, 1.275 / 3])
+    assert md.rstrip().endswith("| mean over every kind (motion and absent too) |  | 0.467 | 0.383 | 0.425 | 0.425 "
+                                "| 0.383 |  |  |")
     with pytest.raises(ValueError, match="at least one"):
         across_runs({})
 
