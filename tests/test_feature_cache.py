@@ -104,3 +104,21 @@ def test_stage_with_feature_cache_reuses_features_across_epochs_and_stages(world
     second = run_stage(options(["train", "sft", "--from", str(tmp_path / "pre"), "--out",
                                 str(tmp_path / "sft"), "--steps", "3", *common]), say=lambda s: None)
     assert second["feature_cache"] == {"misses": 0, "hits": 24}  # the next stage encodes nothing
+
+
+def test_image_slots_train_through_a_stage_and_the_feature_cache(world, tmp_path):
+    """`--image-slots N` builds the VLM with N slot embeddings; they train (features from the cache go through the
+    same splice) and are saved with the run."""
+    from minimind_v.model.checkpoint import load_run
+
+    root, enc, llm, data = world
+    p = argparse.ArgumentParser()
+    cli_train.add_parser(p.add_subparsers(dest="command"))
+    argv = ["train", "pretrain", "--from-llm", str(llm), "--vision-path", str(enc), "--out", str(tmp_path / "pre"),
+            "--steps", "3", "--image-slots", "2", "--data", str(data), "--images", str(root / "im"),
+            "--feature-cache", str(tmp_path / "fc"), "--batch-size", "8", "--workers", "0", "--threads", "1",
+            "--device", "cpu", "--lr", "1e-2"]
+    run_stage(cli_train.stage_options(p.parse_args(argv)), say=lambda s: None)
+    model, _ = load_run(tmp_path / "pre")
+    assert model.cfg.image_slots == 2
+    assert model.image_slot.weight[0].abs().sum() > 0  # started at zero, trained

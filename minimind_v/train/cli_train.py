@@ -84,6 +84,8 @@ def _add_stage_data_args(s: argparse.ArgumentParser, stage: str) -> None:
         s.add_argument("--projector", default=None, choices=["linear", "mlp"], help="override the recipe's")
         s.add_argument("--attention", default="causal", choices=ATTENTION_KINDS,
                        help="causal (MiniMind-V) or turn: a user turn's image and words see each other")
+        s.add_argument("--image-slots", type=int, default=0,
+                       help="learned embeddings telling a sample's 1st, 2nd, ... image apart (0: none, as MiniMind-V)")
         s.add_argument("--freeze-llm", type=int, default=None, choices=[0, 1, 2],
                        help="0: whole LLM trains; 1: first + last layer; 2: projector only")
         s.add_argument("--feature-cache", default=None,

@@ -65,6 +65,7 @@ class StageOptions:
     image_token: str | None = None  # the placeholder; None: <|image_pad|> (MiniMind2's tokenizer has none: use @)
     merge: int = 1
     attention: str = "causal"  # causal | turn (config.VLMConfig.attention): for a VLM built --from-llm
+    image_slots: int = 0  # learned "which image" embeddings (config.VLMConfig.image_slots): for a VLM built --from-llm
     projector: str | None = None  # None: the recipe's
     freeze_llm: int | None = None  # 0 whole LLM, 1 first + last layer, 2 projector only; None: the stage's
     feature_cache: str | None = None
@@ -137,7 +138,7 @@ def build_model(opts: StageOptions, say: Callable[[str], None]) -> tuple[torch.n
     image_id = placeholder_id(tok, image_token)
     cfg = VLMConfig(llm=llm_cfg, vision=recipe.vision_config(str(Path(opts.vision_path).resolve()), opts.merge),
                     projector=opts.projector or recipe.projector, image_token=image_token, image_token_id=image_id,
-                    **attention_fields(tok, opts.attention))
+                    image_slots=opts.image_slots, **attention_fields(tok, opts.attention))
     model = MiniMindVLM(cfg)
     load_llm_weights(model.llm, weights, opts.from_llm)
     if model.tokens_per_image != recipe.tokens(opts.merge):
