@@ -26,10 +26,12 @@ from torch.utils.data import DataLoader, Dataset
 from minimind_v.data.batches import PackCollate
 from minimind_v.data.chatmix import EVAL_STYLE, make_sample
 from minimind_v.data.encode import SampleEncoder
+from minimind_v.data.grounding import question_objects
 from minimind_v.config import ATTENTION_KINDS, LLMConfig
 from minimind_v.data.tokenizer import attention_fields
 from minimind_v.device import machine
 from minimind_v.data.world import eval_seed, render, sample_scene, train_seed
+from minimind_v.data.world_text import make_qa
 from minimind_v.data.world_vocab import COLORS
 from minimind_v.infer.api import VLMChat
 from minimind_v.model.checkpoint import load_run
@@ -64,7 +66,8 @@ class ColorByShape(Dataset):
             sample = {"conversations": [{"role": "user", "content": f"<image>\nWhat color is the {o.shape}?"},
                                         {"role": "assistant", "content": f"The {o.shape} is {o.color}."}],
                       "images": [render(scene, 96, rng, jitter=True)],
-                      "ground": [(0, 0, p.row * 3 + p.col) for p in scene.objects if p.shape == o.shape]}
+                      "ground": [(0, *at) for at in question_objects(make_qa("color", o.color, (scene,),
+                                                                                 shape=o.shape))]}
         else:  # a part of the SFT mix by name, e.g. "dialogue"
             sample = make_sample(rng, image_size=96, kinds=self.kinds)
         if self.last:

@@ -4,8 +4,8 @@ A binding question names an object by one attribute and asks for another ("What 
 answer it, the LLM has to look up the image token whose shape is the asked one, a content-based lookup that a
 small model forms only after a long plateau (docs/quickstart.md: none formed in 4,000 steps of that question).
 The shapes world knows the answer to "where should it look?": the cell of the object. So a training sample can
-carry, per answer, the cells of the objects its question is about, and train/grounding.py teaches one
-attention head to look there while the answer is written, which removes the plateau.
+carry, per answer, the cells of the objects its question is about, and train/grounding.py teaches
+attention heads to look there while the answer is written, which removes the plateau.
 
     question_objects(qa)   the (image, cell) pairs of a question's objects (cell 0..8 in reading order)
     answer_targets(...)    (query position, key position) pairs of an encoded sample

@@ -134,14 +134,18 @@ class LMOutput:
     aux_loss: Tensor  # scalar: MoE load-balancing loss summed over layers (0 for dense models / eval)
 
 
+def since_doc_start(counts: Tensor, doc_ids: Tensor) -> Tensor:
+    """A non-decreasing count [B, T] minus its value at the first token of each token's document (packing)."""
+    new_doc = torch.ones_like(doc_ids, dtype=torch.bool)
+    new_doc[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return counts - torch.where(new_doc, counts, 0).cummax(dim=1).values
+
+
 def default_positions(B: int, T: int, start: int, attention_mask: Tensor | None, doc_ids: Tensor | None,
                       device: torch.device) -> Tensor:
     """Positions [B, T]: restart at 0 per document, skip left padding, else count from the cache offset."""
     if doc_ids is not None:
-        idx = torch.arange(T, device=device).expand(B, T)
-        new_doc = torch.ones_like(doc_ids, dtype=torch.bool)
-        new_doc[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-        return idx - torch.where(new_doc, idx, 0).cummax(dim=1).values
+        return since_doc_start(torch.arange(T, device=device).expand(B, T), doc_ids)
     if attention_mask is not None:  # real tokens count 0, 1, 2, ... whatever padding precedes them
         return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)[:, start:]
     return torch.arange(start, start + T, device=device).expand(B, T)

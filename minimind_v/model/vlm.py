@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..config import VLMConfig
-from .llm import LMOutput, MiniMindLM
+from .llm import LMOutput, MiniMindLM, since_doc_start
 from .projector import Projector
 from .vision import VisionEncoder
 
@@ -96,12 +96,10 @@ class MiniMindVLM(nn.Module):
 def image_ordinals(is_image: torch.Tensor, per_image: int, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """For every image token of [B, T] `is_image`, in reading order: which image of its sample it belongs to
     (0, 1, ...). A sample is a row, or a document of a packed row (`doc_ids`)."""
-    seen = is_image.long().cumsum(dim=1)  # image tokens up to and including this one
-    if doc_ids is not None:  # count from the start of each document
-        starts = torch.ones_like(is_image)
-        starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-        seen = seen - torch.where(starts, seen - is_image.long(), 0).cummax(dim=1).values
-    return ((seen - 1) // per_image)[is_image]
+    before = is_image.long().cumsum(dim=1) - is_image.long()  # image tokens before this one
+    if doc_ids is not None:  # counted from the start of each document
+        before = since_doc_start(before, doc_ids)
+    return (before // per_image)[is_image]
 
 
 def image_turns(input_ids: torch.Tensor, turn_start_id: int, image_token_id: int) -> torch.Tensor:

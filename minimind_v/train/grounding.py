@@ -1,14 +1,15 @@
-"""Teach one attention head where to look: the image tokens of the object a question is about.
+"""Teach attention heads where to look: the image tokens of the object a question is about.
 
 A binding answer ("What color is the square?" -> "The square is green.") needs the LLM to find the square's image
 token by content. Learnt from the answers alone, that lookup forms only after a long plateau; on the binding test
 bed (benchmarks/binding_bed.py) none formed in 4,000 steps. With this loss it forms in a few hundred: while the
-answer is written, one head of one middle layer is trained to put its attention on the tokens of the cells that
+answer is written, chosen heads of a middle layer are trained to put their attention on the tokens of the cells that
 hold the question's objects (data/grounding.py says which; `batch["ground"]` holds (row, query, key) positions).
 
-The loss is the cross-entropy between the head's attention and the targets (shared equally when there are several),
-averaged over the answer positions and the heads, recomputed from the layer's own input so the model's code stays as it is (a forward pre-hook keeps the
-input while the model runs). Its value is added to the auxiliary loss, weighted by TrainConfig.ground_weight.
+The loss is the cross-entropy between a head's attention and the targets (shared equally when there are several),
+averaged over the answer positions and the heads. It is recomputed from the layer's own input, so the model's code
+stays as it is (a forward pre-hook keeps that input while the model runs). Its value joins the auxiliary loss,
+weighted by TrainConfig.ground_weight.
 """
 from __future__ import annotations
 
@@ -51,22 +52,9 @@ def grounding_loss(attn: nn.Module, seen: dict[str, Tensor], ground: Tensor, doc
     ground: [n, 3] (row, query position, key position). Equal shares matter where a query has several targets:
     "How many red shapes?" looks at every red shape and at the sample's first token alike, so the share left on
     that token (1 / (n + 1)) says how many there are."""
-    return torch.stack([_head_loss(attn, seen, ground, doc_ids, h) for h in heads]).mean()
-
-
-def _head_loss(attn: nn.Module, seen: dict[str, Tensor], ground: Tensor, doc_ids: Tensor | None,
-               head: int) -> Tensor:
     x, cos, sin = seen["x"], seen["cos"], seen["sin"]
-    d = attn.head_dim
     queries, which = torch.unique(ground[:, :2], dim=0, return_inverse=True)
     qr, qp = queries.unbind(1)
-    q = F.linear(x[qr, qp], *_head_rows(attn.q_proj, head, d))  # [Q, d]
-    k = F.linear(x, *_head_rows(attn.k_proj, head // (attn.n_heads // attn.n_kv_heads), d))  # [B, T, d]
-    if attn.qk_norm:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q = apply_rope(q[None, :, None], cos[qr, qp][None], sin[qr, qp][None])[0, :, 0]
-    k = apply_rope(k[:, :, None], cos, sin)[:, :, 0]
-    scores = torch.einsum("qtd,qd->qt", k[qr].float(), q.float()) / math.sqrt(d)  # [Q, T]
     pos = torch.arange(x.shape[1], device=x.device)
     visible = pos[None] <= qp[:, None]  # causal; with packing, only the query's own document
     if doc_ids is not None:
@@ -74,5 +62,24 @@ def _head_loss(attn: nn.Module, seen: dict[str, Tensor], ground: Tensor, doc_ids
     target = torch.zeros_like(visible)
     target[which, ground[:, 2]] = True
     target &= visible
-    log_p = scores - torch.logsumexp(scores.masked_fill(~visible, torch.finfo(scores.dtype).min), -1, keepdim=True)
-    return -((log_p * target).sum(-1) / target.sum(-1).clamp(min=1)).mean()
+    rope = (cos[qr, qp][None], sin[qr, qp][None]), (cos, sin)
+    losses = []
+    for head in heads:
+        scores = _head_scores(attn, x, qr, qp, head, rope)
+        log_p = scores - torch.logsumexp(scores.masked_fill(~visible, torch.finfo(scores.dtype).min), -1,
+                                         keepdim=True)
+        losses.append(-((log_p * target).sum(-1) / target.sum(-1).clamp(min=1)).mean())
+    return torch.stack(losses).mean()
+
+
+def _head_scores(attn: nn.Module, x: Tensor, qr: Tensor, qp: Tensor, head: int, rope: tuple) -> Tensor:
+    """Attention logits [Q, T] of `head` for the queries at (qr, qp), over every key of their rows."""
+    d = attn.head_dim
+    q = F.linear(x[qr, qp], *_head_rows(attn.q_proj, head, d))  # [Q, d]
+    k = F.linear(x, *_head_rows(attn.k_proj, head // (attn.n_heads // attn.n_kv_heads), d))  # [B, T, d]
+    if attn.qk_norm:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    (q_cos, q_sin), (cos, sin) = rope
+    q = apply_rope(q[None, :, None], q_cos, q_sin)[0, :, 0]
+    k = apply_rope(k[:, :, None], cos, sin)[:, :, 0]
+    return torch.einsum("qtd,qd->qt", k[qr].float(), q.float()) / math.sqrt(d)
