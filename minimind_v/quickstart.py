@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from .arguments import device_name, positive_int
 from .config import ATTENTION_KINDS, IMAGE_MARKER, IMAGE_TOKEN, VisionConfig, VLMConfig, llm_preset, padded_vocab
 from .data.batches import PackCollate
-from .data.chatmix import make_sample
+from .data.chatmix import MixWeights, make_sample
 from .data.encode import SampleEncoder
 from .data.shapes_dataset import ShapesWorldDataset
 from .data.tokenizer import attention_fields, train_tokenizer
@@ -57,6 +57,7 @@ class QuickstartConfig:
     # not lift the binding kinds and lowered count_color (docs/quickstart.md), so the default stays MiniMind-V's.
     attention: str = "causal"
     image_slots: int = 8  # which image / frame a token belongs to (config.VLMConfig); clips have up to 5 frames
+    mix: MixWeights = field(default_factory=MixWeights)  # the SFT mix (data/chatmix.py)
     eval_per_kind: int = 50
     eval_digits: int = 360  # the whole held-out digit split
     workers: int = 1
@@ -98,7 +99,7 @@ def loader(model: MiniMindVLM, tok: Any, cfg: TrainConfig, kinds: str, qs: Quick
            offset: int) -> DataLoader:
     enc = SampleEncoder(tok, model.vision.preprocess, model.tokens_per_image, model.cfg.image_token, qs.max_len)
     ds = ShapesWorldDataset(cfg.steps * cfg.batch_size, enc, kinds=kinds, image_size=qs.vision.image_size,
-                            offset=offset)
+                            offset=offset, mix=qs.mix)
     # Packing: a batch's samples share rows of max_len tokens (attention and positions restart per sample),
     # so no compute is spent on padding; samples here are 20 to 200 tokens long.
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=PackCollate(qs.max_len),

@@ -49,4 +49,6 @@ def apply_freeze(model: nn.Module, freeze_llm: int, train_vision: bool | int = F
     def count(m: nn.Module) -> int:
         return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
-    return {"llm": count(llm), "projector": count(model.projector), "vision": count(model.vision)}
+    counts = {"llm": count(llm), "projector": count(model.projector), "vision": count(model.vision)}
+    slot = getattr(model, "image_slot", None)
+    return {**counts, "image_slots": count(slot)} if slot is not None else counts
