@@ -17,7 +17,7 @@ from minimind_v.data.world import Obj, Scene
 from minimind_v.data.world_text import ask, ask_two, make_qa
 from minimind_v.model import llm as llm_module
 from minimind_v.model.llm import MiniMindLM
-from minimind_v.train.grounding import grounding_loss, layer_input
+from minimind_v.train.grounding import grounding_loss, head_attention, layer_input
 from minimind_v.train.trainer import LossModule
 
 
@@ -171,6 +171,20 @@ def test_the_loss_is_minus_log_the_heads_attention_on_the_targets(head, packed):
     torch.testing.assert_close(loss, expected(probs[:, head]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(both, (expected(probs[:, head]) + expected(probs[:, 0])) / 2, atol=1e-5, rtol=1e-5)
     assert not model.layers[1].attn._forward_pre_hooks  # the hook is gone once the block ends
+
+
+@pytest.mark.parametrize("head", [0, 3])
+def test_a_probe_reads_the_same_attention_the_model_computes(head):
+    """head_attention (benchmarks/grounding_probe.py) is one row of the attention SDPA computed."""
+    torch.manual_seed(1)
+    model = MiniMindLM(LLMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=50,
+                                 max_seq_len=64, qk_norm=True)).eval()
+    ids = torch.randint(0, 50, (2, 16))
+    with torch.no_grad(), layer_input(model.layers[1].attn) as seen:
+        model(ids)
+        got = head_attention(model.layers[1].attn, seen, 1, 9, head)
+    want = _attention_probs(model, 1, ids, None)[1, head, 9, :10]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_training_with_grounding_teaches_the_head_to_look(tiny_run):

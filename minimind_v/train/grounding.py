@@ -72,6 +72,15 @@ def grounding_loss(attn: nn.Module, seen: dict[str, Tensor], ground: Tensor, doc
     return torch.stack(losses).mean()
 
 
+def head_attention(attn: nn.Module, seen: dict[str, Tensor], row: int, query: int, head: int) -> Tensor:
+    """The attention weights [query + 1] of one head at one position of an unpacked row, over the keys it can
+    see, from the layer input that `layer_input` kept (for probes: where does the grounded head look?)."""
+    qr, qp = torch.tensor([row], device=seen["x"].device), torch.tensor([query], device=seen["x"].device)
+    cos, sin = seen["cos"], seen["sin"]
+    scores = _head_scores(attn, seen["x"], qr, qp, head, ((cos[qr, qp][None], sin[qr, qp][None]), (cos, sin)))
+    return scores[0, :query + 1].softmax(-1)
+
+
 def _head_scores(attn: nn.Module, x: Tensor, qr: Tensor, qp: Tensor, head: int, rope: tuple) -> Tensor:
     """Attention logits [Q, T] of `head` for the queries at (qr, qp), over every key of their rows."""
     d = attn.head_dim
